@@ -1,0 +1,25 @@
+//! The server side of the Network Block Device protocol.
+//!
+//! This crate knows the wire and nothing about storage: fixed newstyle negotiation
+//! ([`handshake`]), option and request decoding into typed enums ([`option`], [`request`]),
+//! simple and structured reply encoding ([`reply`]), and a pipelined per-connection loop
+//! ([`Server::serve`]) that is generic over a [`BlockDevice`].
+
+pub mod consts;
+pub mod device;
+pub mod errno;
+pub mod export;
+pub mod handshake;
+pub mod option;
+pub mod pool;
+pub mod reply;
+pub mod request;
+pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod transmission;
+
+pub use device::{BlockDevice, DeviceError, Extent, ZeroFlags};
+pub use errno::{Errno, RequestError};
+pub use export::Export;
+pub use server::{ConfigError, ConnError, Server, ServerConfig};

@@ -1,0 +1,168 @@
+//! The server: its exports and limits, and the life of one connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::watch;
+
+use crate::device::BlockDevice;
+use crate::export::Export;
+use crate::handshake::{negotiate, Outcome};
+use crate::pool::BufferPool;
+use crate::request::BadMagic;
+
+/// Limits and defaults of the protocol server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest READ or WRITE payload accepted, advertised as the maximum block size.
+    /// Default: 32 MiB.
+    pub max_block: u32,
+    /// Advertised preferred block size. Default: 4096.
+    pub preferred_block: u32,
+    /// Payload bytes one connection may have in flight (buffered writes plus pending read
+    /// replies). A client past it waits. Must exceed `max_block`. Default: 64 MiB.
+    pub inflight_bytes: usize,
+    /// A client must finish negotiating within this time. Default: 30 s.
+    pub handshake_timeout: Duration,
+    /// The export that the empty name `""` reaches. Default: `default`.
+    pub default_export: String,
+    /// Idle payload buffers kept for reuse, shared by all connections. Default: 64 MiB.
+    pub pool_retained_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_block: 32 << 20,
+            preferred_block: 4096,
+            inflight_bytes: 64 << 20,
+            handshake_timeout: Duration::from_secs(30),
+            default_export: "default".to_owned(),
+            pool_retained_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A configuration the server cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("inflight_bytes ({inflight}) must exceed max_block ({max_block}) by at least 4 KiB")]
+    InflightBelowMaxBlock { inflight: usize, max_block: u32 },
+    #[error("preferred_block ({0}) must be a power of two between 512 and 65536")]
+    PreferredBlock(u32),
+    #[error("max_block ({0}) must be at least 1 MiB")]
+    MaxBlock(u32),
+    #[error("export name {0:?} appears twice")]
+    DuplicateExport(String),
+    #[error("export name {0:?} is longer than 4096 bytes")]
+    ExportNameTooLong(String),
+    #[error("no exports")]
+    NoExports,
+}
+
+/// Why a connection ended other than by the client's choice.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client sent unknown flags {0:#x}")]
+    BadClientFlags(u32),
+    #[error("bad option magic {0:#018x}")]
+    BadOptionMagic(u64),
+    #[error(transparent)]
+    BadRequestMagic(#[from] BadMagic),
+    #[error("client chose unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("handshake not finished within the time limit")]
+    HandshakeTimeout,
+}
+
+/// An NBD server for a set of exports backed by devices of type `D`.
+#[derive(Debug)]
+pub struct Server<D> {
+    exports: Vec<Export<D>>,
+    config: ServerConfig,
+    pool: Arc<BufferPool>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl<D: BlockDevice> Server<D> {
+    pub fn new(exports: Vec<Export<D>>, config: ServerConfig) -> Result<Arc<Self>, ConfigError> {
+        if exports.is_empty() {
+            return Err(ConfigError::NoExports);
+        }
+        if config.max_block < (1 << 20) {
+            return Err(ConfigError::MaxBlock(config.max_block));
+        }
+        if !config.preferred_block.is_power_of_two() || !(512..=65536).contains(&config.preferred_block) {
+            return Err(ConfigError::PreferredBlock(config.preferred_block));
+        }
+        if config.inflight_bytes < config.max_block as usize + 4096 || config.inflight_bytes > u32::MAX as usize {
+            return Err(ConfigError::InflightBelowMaxBlock {
+                inflight: config.inflight_bytes,
+                max_block: config.max_block,
+            });
+        }
+        for (i, e) in exports.iter().enumerate() {
+            if e.name.len() > crate::consts::MAX_STRING {
+                return Err(ConfigError::ExportNameTooLong(e.name.clone()));
+            }
+            if exports[..i].iter().any(|o| o.name == e.name) {
+                return Err(ConfigError::DuplicateExport(e.name.clone()));
+            }
+        }
+        let pool = BufferPool::new(config.pool_retained_bytes);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Arc::new(Self { exports, config, pool, shutdown }))
+    }
+
+    pub fn exports(&self) -> &[Export<D>] {
+        &self.exports
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    /// The export a client's name reaches: the empty name reaches the default export.
+    pub fn find_export(&self, name: &str) -> Option<usize> {
+        let name = if name.is_empty() { self.config.default_export.as_str() } else { name };
+        self.exports.iter().position(|e| e.name == name)
+    }
+
+    /// Ask every connection to finish its in-flight requests and close.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Serve one connection from the greeting to its close.
+    pub async fn serve<R, W>(self: &Arc<Self>, reader: R, mut writer: W) -> Result<(), ConnError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let mut stop = self.shutdown_signal();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.config.handshake_timeout, negotiate(self, &mut reader, &mut writer)) => {
+                r.map_err(|_| ConnError::HandshakeTimeout)??
+            }
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        match outcome {
+            Outcome::Closed => Ok(()),
+            Outcome::Transmit(n) => crate::transmission::run(Arc::clone(self), n, reader, writer).await,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The transmission phase of one connection: a reader that decodes requests and spawns
+//! their work, and a writer that sends ready replies in vectored batches.
+//!
+//! Requests are pipelined: each runs as its own task and replies go out as they finish, in
+//! any order. Payload in flight is bounded per connection by a semaphore counted in bytes;
+//! when it is spent the reader stops reading, so a flooding client waits on TCP.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::consts::{META_BASE_ALLOCATION_ID, REQUEST_HEADER_LEN};
+use crate::device::{BlockDevice, DeviceError, ZeroFlags};
+use crate::errno::Errno;
+use crate::handshake::Negotiated;
+use crate::pool::{BufferPool, PooledBuf};
+use crate::reply;
+use crate::request::{decode_header, validate, Command, CommandKind, Limits};
+use crate::server::{ConnError, Server};
+
+/// Replies gathered into one vectored write at most.
+const MAX_BATCH: usize = 64;
+/// Budget charged per request on top of its payload, which bounds the number in flight.
+const REQUEST_OVERHEAD: u32 = 1024;
+
+/// The bytes of one reply, ready to go.
+struct Frame {
+    head: Head,
+    body: Option<PooledBuf>,
+    /// Released once the reply is written, returning its bytes to the connection's budget.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Head {
+    Simple([u8; 16]),
+    Data([u8; 28]),
+    Bytes(Vec<u8>),
+}
+
+impl Head {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Head::Simple(b) => b,
+            Head::Data(b) => b,
+            Head::Bytes(b) => b,
+        }
+    }
+}
+
+impl Frame {
+    fn new(head: Head) -> Self {
+        Frame { head, body: None, _permit: None }
+    }
+
+    fn ok(cookie: u64) -> Self {
+        Frame::new(Head::Simple(reply::simple(0, cookie)))
+    }
+
+    fn error(cookie: u64, structured: bool, errno: Errno, message: &str) -> Self {
+        if structured {
+            Frame::new(Head::Bytes(reply::error_chunk(cookie, errno, message)))
+        } else {
+            Frame::new(Head::Simple(reply::simple(errno.code(), cookie)))
+        }
+    }
+}
+
+/// Work for one validated request, with its payload.
+enum Job {
+    Read { offset: u64, len: u32 },
+    Write { offset: u64, data: PooledBuf, fua: bool },
+    Flush,
+    Trim { offset: u64, len: u32, fua: bool },
+    Cache { offset: u64, len: u32 },
+    Zero { offset: u64, len: u32, flags: ZeroFlags },
+    Status { offset: u64, len: u32, req_one: bool },
+}
+
+pub(crate) async fn run<D, R, W>(server: Arc<Server<D>>, neg: Negotiated, mut r: R, w: W) -> Result<(), ConnError>
+where
+    D: BlockDevice,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let export = &server.exports()[neg.export];
+    let device = Arc::clone(&export.device);
+    let limits = Limits {
+        size: device.size(),
+        read_only: export.read_only,
+        structured: neg.structured,
+        meta: neg.meta,
+        max_block: server.config().max_block,
+    };
+    debug!(export = %export.name, ?limits, "transmission");
+    let pool = Arc::clone(server.pool());
+    let budget = Arc::new(Semaphore::new(server.config().inflight_bytes));
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+    let dead = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(w, rx, Arc::clone(&dead)));
+    let mut stop = server.shutdown_signal();
+
+    let result: Result<(), ConnError> = loop {
+        let mut hdr = [0u8; REQUEST_HEADER_LEN];
+        let read = tokio::select! {
+            biased;
+            _ = dead.notified() => break Ok(()),
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+            read = r.read_exact(&mut hdr) => read,
+        };
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+        let h = match decode_header(&hdr) {
+            Ok(h) => h,
+            Err(e) => break Err(e.into()),
+        };
+        let cmd = match validate(&h, &limits) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                debug!(cookie = h.cookie, error = %e, "request refused");
+                if h.kind == CommandKind::Write {
+                    // The payload follows whatever we think of it; skip it without buffering.
+                    if let Err(e) = discard(&mut r, h.len).await {
+                        break Err(e.into());
+                    }
+                }
+                let _ = tx.send(Frame::error(h.cookie, limits.structured, e.errno(), &e.to_string()));
+                continue;
+            }
+        };
+        let payload = match cmd {
+            Command::Disc => break Ok(()),
+            Command::Read { len, .. } | Command::Write { len, .. } => len,
+            _ => 0,
+        };
+        let permit = match Arc::clone(&budget).acquire_many_owned(payload + REQUEST_OVERHEAD).await {
+            Ok(p) => p,
+            Err(_) => break Ok(()),
+        };
+        let job = match cmd {
+            Command::Write { offset, len, fua } => {
+                let mut data = pool.get(len as usize);
+                if let Err(e) = r.read_exact(&mut data).await {
+                    break Err(e.into());
+                }
+                Job::Write { offset, data, fua }
+            }
+            Command::Read { offset, len } => Job::Read { offset, len },
+            Command::Flush => Job::Flush,
+            Command::Trim { offset, len, fua } => Job::Trim { offset, len, fua },
+            Command::Cache { offset, len } => Job::Cache { offset, len },
+            Command::WriteZeroes { offset, len, flags } => Job::Zero { offset, len, flags },
+            Command::BlockStatus { offset, len, req_one } => Job::Status { offset, len, req_one },
+            Command::Disc => break Ok(()),
+        };
+        let (device, tx, pool) = (Arc::clone(&device), tx.clone(), Arc::clone(&pool));
+        let structured = limits.structured;
+        tokio::spawn(async move {
+            let mut frame = execute(&*device, job, h.cookie, structured, &pool).await;
+            frame._permit = Some(permit);
+            // The writer is gone only if the connection is closing.
+            let _ = tx.send(frame);
+        });
+    };
+    drop(tx);
+    if let Err(e) = &result {
+        warn!(error = %e, "closing connection");
+    }
+    // In-flight requests finish and their replies are written before the close.
+    match writer.await {
+        Ok(Ok(())) => result,
+        Ok(Err(e)) => result.and(Err(e.into())),
+        Err(_) => result.and(Err(ConnError::Protocol("reply writer panicked"))),
+    }
+}
+
+async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<()> {
+    let n = tokio::io::copy(&mut r.take(u64::from(len)), &mut tokio::io::sink()).await?;
+    if n < u64::from(len) {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+async fn execute<D: BlockDevice>(dev: &D, job: Job, cookie: u64, structured: bool, pool: &Arc<BufferPool>) -> Frame {
+    let done: Result<Frame, D::Error> = match job {
+        Job::Read { offset, len } => {
+            let mut buf = pool.get(len as usize);
+            match dev.read(offset, &mut buf).await {
+                Ok(()) => {
+                    let head = if structured {
+                        Head::Data(reply::offset_data_header(cookie, offset, len))
+                    } else {
+                        Head::Simple(reply::simple(0, cookie))
+                    };
+                    Ok(Frame { head, body: Some(buf), _permit: None })
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Job::Write { offset, data, fua } => dev.write(offset, &data, fua).await.map(|()| Frame::ok(cookie)),
+        Job::Flush => dev.flush().await.map(|()| Frame::ok(cookie)),
+        Job::Trim { offset, len, fua } => dev.trim(offset, u64::from(len), fua).await.map(|()| Frame::ok(cookie)),
+        Job::Cache { offset, len } => dev.cache(offset, u64::from(len)).await.map(|()| Frame::ok(cookie)),
+        Job::Zero { flags, .. } if flags.fast && !dev.fast_zero() => {
+            return Frame::error(cookie, structured, Errno::NotSup, "zeroing would not be faster than writing");
+        }
+        Job::Zero { offset, len, flags } => {
+            dev.write_zeroes(offset, u64::from(len), flags).await.map(|()| Frame::ok(cookie))
+        }
+        Job::Status { offset, len, req_one } => dev.block_status(offset, u64::from(len)).await.map(|ex| {
+            let extents = reply::clamp_extents(&ex, len, req_one);
+            Frame::new(Head::Bytes(reply::block_status_chunk(cookie, META_BASE_ALLOCATION_ID, &extents)))
+        }),
+    };
+    done.unwrap_or_else(|e| {
+        warn!(cookie, error = %e, "request failed");
+        Frame::error(cookie, structured, e.errno(), &e.to_string())
+    })
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    dead: Arc<Notify>,
+) -> std::io::Result<()> {
+    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    let mut result = Ok(());
+    while let Some(f) = rx.recv().await {
+        batch.push(f);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        if result.is_ok() {
+            if let Err(e) = write_batch(&mut w, &batch).await {
+                // Keep draining so in-flight tasks and their budget are released.
+                result = Err(e);
+                dead.notify_one();
+            }
+        }
+        batch.clear();
+    }
+    if result.is_ok() {
+        let _ = w.shutdown().await;
+    }
+    result
+}
+
+async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        slices.push(IoSlice::new(f.head.as_slice()));
+        if let Some(b) = &f.body {
+            slices.push(IoSlice::new(b));
+        }
+    }
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    w.flush().await
+}

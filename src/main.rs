@@ -1,0 +1,18 @@
+use clap::Parser;
+use spillway::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    spillway::logging::init();
+    let result = match cli.command {
+        Command::Serve(args) => spillway::serve::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("spillway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
