@@ -7,6 +7,7 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -23,8 +24,27 @@ use crate::server::{ConnError, Server};
 
 /// Replies gathered into one vectored write at most.
 const MAX_BATCH: usize = 64;
-/// Budget charged per request on top of its payload, which bounds the number in flight.
+/// Budget charged per request on top of its payload, which bounds the number in flight
+/// (refused requests included: their error replies wait in memory too).
 const REQUEST_OVERHEAD: u32 = 1024;
+/// Once the reader has stopped, how long unsent replies may take to go out: shorter when
+/// the server is shutting down, so a client that stops reading cannot hold it up.
+const CLOSE_GRACE: Duration = Duration::from_secs(60);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Await a future unless the server is shutting down or the reply writer died; then leave
+/// the enclosing loop. Every wait of the reader goes through this, so none can stall a
+/// shutdown.
+macro_rules! or_stop {
+    ($dead:ident, $stop:ident, $fut:expr) => {
+        tokio::select! {
+            biased;
+            _ = $dead.notified() => break Ok(()),
+            _ = $stop.wait_for(|s| *s) => break Ok(()),
+            v = $fut => v,
+        }
+    };
+}
 
 /// The bytes of one reply, ready to go.
 struct Frame {
@@ -104,13 +124,7 @@ where
 
     let result: Result<(), ConnError> = loop {
         let mut hdr = [0u8; REQUEST_HEADER_LEN];
-        let read = tokio::select! {
-            biased;
-            _ = dead.notified() => break Ok(()),
-            _ = stop.wait_for(|s| *s) => break Ok(()),
-            read = r.read_exact(&mut hdr) => read,
-        };
-        match read {
+        match or_stop!(dead, stop, r.read_exact(&mut hdr)) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
             Err(e) => break Err(e.into()),
@@ -125,11 +139,16 @@ where
                 debug!(cookie = h.cookie, error = %e, "request refused");
                 if h.kind == CommandKind::Write {
                     // The payload follows whatever we think of it; skip it without buffering.
-                    if let Err(e) = discard(&mut r, h.len).await {
+                    if let Err(e) = or_stop!(dead, stop, discard(&mut r, h.len)) {
                         break Err(e.into());
                     }
                 }
-                let _ = tx.send(Frame::error(h.cookie, limits.structured, e.errno(), &e.to_string()));
+                let Ok(permit) = or_stop!(dead, stop, Arc::clone(&budget).acquire_many_owned(REQUEST_OVERHEAD)) else {
+                    break Ok(());
+                };
+                let mut frame = Frame::error(h.cookie, limits.structured, e.errno(), &e.to_string());
+                frame._permit = Some(permit);
+                let _ = tx.send(frame);
                 continue;
             }
         };
@@ -138,14 +157,14 @@ where
             Command::Read { len, .. } | Command::Write { len, .. } => len,
             _ => 0,
         };
-        let permit = match Arc::clone(&budget).acquire_many_owned(payload + REQUEST_OVERHEAD).await {
-            Ok(p) => p,
-            Err(_) => break Ok(()),
+        let Ok(permit) = or_stop!(dead, stop, Arc::clone(&budget).acquire_many_owned(payload + REQUEST_OVERHEAD))
+        else {
+            break Ok(());
         };
         let job = match cmd {
             Command::Write { offset, len, fua } => {
                 let mut data = pool.get(len as usize);
-                if let Err(e) = r.read_exact(&mut data).await {
+                if let Err(e) = or_stop!(dead, stop, r.read_exact(&mut data)) {
                     break Err(e.into());
                 }
                 Job::Write { offset, data, fua }
@@ -171,11 +190,18 @@ where
     if let Err(e) = &result {
         warn!(error = %e, "closing connection");
     }
-    // In-flight requests finish and their replies are written before the close.
-    match writer.await {
-        Ok(Ok(())) => result,
-        Ok(Err(e)) => result.and(Err(e.into())),
-        Err(_) => result.and(Err(ConnError::Protocol("reply writer panicked"))),
+    // In-flight requests finish and their replies are written before the close, unless
+    // the client will not take them.
+    let grace = if *stop.borrow() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
+    let abort = writer.abort_handle();
+    match tokio::time::timeout(grace, writer).await {
+        Ok(Ok(Ok(()))) => result,
+        Ok(Ok(Err(e))) => result.and(Err(e.into())),
+        Ok(Err(_)) => result.and(Err(ConnError::Protocol("reply writer panicked"))),
+        Err(_) => {
+            abort.abort();
+            result.and(Err(ConnError::Protocol("client stopped reading replies; connection dropped")))
+        }
     }
 }
 
