@@ -1,8 +1,14 @@
 //! spillway: a userspace virtual block device served over NBD.
 
 pub mod cli;
+pub mod device;
 pub mod error;
+pub mod io;
 pub mod logging;
 pub mod memory_volume;
 pub mod serve;
+pub mod store;
 pub mod units;
+pub mod volume;
+pub mod volume_meta;
+pub mod wal;

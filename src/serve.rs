@@ -13,7 +13,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::cli::ServeArgs;
+use crate::device::Device;
+use crate::io::faulty::FaultyFs;
+use crate::io::std_fs::StdFs;
+use crate::io::FileSystem;
 use crate::memory_volume::MemoryVolume;
+use crate::volume::{Volume, VolumeConfig, DEFAULT_SIZE};
+use crate::wal::Durability;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -27,31 +33,87 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(serve(args))
 }
 
-fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<MemoryVolume>>> {
-    if args.size == 0 {
+/// A directory name for an export: safe characters as they are, anything else hex-encoded.
+pub fn export_dir_name(name: &str) -> String {
+    let safe = !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if safe {
+        name.to_owned()
+    } else {
+        format!("x-{}", name.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+}
+
+fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
+    if args.size == Some(0) {
         bail!("--size must be greater than zero");
     }
     let names = if args.exports.is_empty() { vec!["default".to_owned()] } else { args.exports.clone() };
+    let fs: Arc<dyn FileSystem> = match args.inject_sync_latency {
+        Some(d) => {
+            let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
+            *faults.sync_latency.lock() = d;
+            warn!("benchmark mode: every sync takes {d:?} longer");
+            Arc::new(fs)
+        }
+        None => Arc::new(StdFs),
+    };
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         if name.is_empty() {
             bail!("an export name may not be empty: the empty name already reaches `default`");
         }
-        out.push(Export {
-            description: format!("spillway RAM volume {name:?} (not persistent)"),
-            name,
-            device: Arc::new(MemoryVolume::new(args.size)),
-            read_only: args.read_only,
-        });
+        let (device, description) = if args.memory {
+            let size = args.size.unwrap_or(DEFAULT_SIZE);
+            (Device::Memory(MemoryVolume::new(size)), format!("spillway RAM volume {name:?} (not persistent)"))
+        } else {
+            let dir = args.data_dir.join("volumes").join(export_dir_name(&name));
+            let cfg = VolumeConfig {
+                size: args.size,
+                durability: args.durability,
+                sync_interval: args.sync_interval,
+                sync_bytes: args.sync_bytes,
+                segment_bytes: args.wal_segment_size,
+                max_dirty_bytes: usize::try_from(args.max_dirty).unwrap_or(usize::MAX),
+                recovery: args.recovery_mode,
+                ..VolumeConfig::default()
+            };
+            let v = Volume::open(Arc::clone(&fs), &dir, cfg)
+                .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;
+            (Device::Durable(v), format!("spillway volume {name:?} ({} durability)", args.durability.name()))
+        };
+        out.push(Export { description, name, device: Arc::new(device), read_only: args.read_only });
     }
     Ok(out)
+}
+
+/// Hold an exclusive lock on the data directory for the life of the process: two servers
+/// writing one WAL would destroy it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("{} is in use by another spillway ({e})", dir.display()))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let _lock = if args.memory { None } else { Some(lock_data_dir(&args.data_dir)?) };
+    if args.memory {
+        warn!("serving RAM volumes (--memory): data lives in memory only and does NOT survive a restart");
+    } else if args.durability == Durability::Async {
+        warn!("**********************************************************************");
+        warn!("durability=async: FLUSH and FUA are acknowledged WITHOUT syncing.");
+        warn!("A crash or power cut can lose any amount of acknowledged data.");
+        warn!("Use it only for scratch volumes and benchmarks.");
+        warn!("**********************************************************************");
+    }
     let server = Server::new(exports(&args)?, ServerConfig::default())?;
-    warn!("serving RAM volumes: data lives in memory only and does NOT survive a restart");
     for e in server.exports() {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");
     }
@@ -85,13 +147,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         warn!("connections still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
+    let mut failed = false;
     for e in server.exports() {
         if let Err(err) = e.device.flush().await {
             warn!(export = %e.name, error = %err, "final flush failed");
+            failed = true;
+        }
+        if let Err(err) = e.device.close().await {
+            warn!(export = %e.name, error = %err, "closing the volume failed");
+            failed = true;
         }
     }
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
+    }
+    if failed {
+        bail!("shut down with errors: data written since the last successful flush may be lost");
     }
     info!("stopped");
     Ok(())

@@ -39,3 +39,35 @@ mod tests {
         assert!(parse_size("99999999999P").is_err());
     }
 }
+
+/// Parse a duration: a number with an optional `ms`, `s` or `m` suffix (bare numbers are
+/// milliseconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: expected e.g. 100ms, 2s or 1m"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s or m)")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! The unified block store: the sharded index of block states and the arena that holds
+//! block data not yet in the WAL.
+
+pub mod arena;
+pub mod hash;
+pub mod index;

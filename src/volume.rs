@@ -1,0 +1,555 @@
+//! `Volume`: a durable block device, composed of the block index, the arena and the WAL.
+//!
+//! Write: split into blocks; partial blocks are read, modified and written whole under a
+//! per-block lock; the data is copied once into the arena, the index marks the blocks Hot
+//! with a fresh sequence number, and the record is queued to the WAL writer. The reply
+//! waits for the covering sync in strict mode and for FUA; otherwise it goes at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nbd::{BlockDevice, Extent, ZeroFlags};
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::error::VolumeError;
+use crate::io::FileSystem;
+use crate::store::arena::{Arena, SlotId};
+use crate::store::index::{BlockState, Entry, Index};
+use crate::volume_meta::{VolumeMeta, META_FILE};
+use crate::wal::record::BLOCK_SIZE;
+use crate::wal::replay::replay;
+use crate::wal::writer::{Op, Shared, WalConfig, Writer};
+use crate::wal::{Durability, RecoveryMode, SyncPolicy, WalError};
+
+const BS: u64 = BLOCK_SIZE as u64;
+/// Blocks in one WAL data record (256 KiB).
+pub const MAX_RECORD_BLOCKS: u64 = 64;
+/// Per-block locks, by block number modulo this.
+const STRIPES: usize = 4096;
+/// One block-status answer covers at most this many blocks; the client asks again.
+const STATUS_MAX_BLOCKS: u64 = 65536;
+
+/// Tunables of a durable volume. Every default is stated on its field.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Size for a new volume. Default: 1 GiB (`None` on an existing volume: keep its size).
+    pub size: Option<u64>,
+    /// Default: batched.
+    pub durability: Durability,
+    /// Batched mode: longest time written data stays unsynced. Default: 100 ms.
+    pub sync_interval: Duration,
+    /// Batched mode: most bytes written but unsynced. Default: 16 MiB.
+    pub sync_bytes: u64,
+    /// WAL segment file size. Default: 32 MiB.
+    pub segment_bytes: u64,
+    /// WAL writes are padded to this boundary. Default: 4096.
+    pub wal_align: u64,
+    /// Memory for data not yet written to the WAL; writers wait at the bound. Default: 128 MiB.
+    pub max_dirty_bytes: usize,
+    /// Shards of the block index. Default: 16.
+    pub index_shards: usize,
+    /// Default: tolerate a torn tail only.
+    pub recovery: RecoveryMode,
+}
+
+pub const DEFAULT_SIZE: u64 = 1 << 30;
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        Self {
+            size: None,
+            durability: Durability::Batched,
+            sync_interval: Duration::from_millis(100),
+            sync_bytes: 16 << 20,
+            segment_bytes: 32 << 20,
+            wal_align: 4096,
+            max_dirty_bytes: 128 << 20,
+            index_shards: 16,
+            recovery: RecoveryMode::TolerateTail,
+        }
+    }
+}
+
+impl VolumeConfig {
+    /// Refuse settings the engine cannot honour, with the reason.
+    pub fn validate(&self) -> Result<(), VolumeError> {
+        let bad = |what: String| Err(VolumeError::Config(what));
+        let max_record = MAX_RECORD_BLOCKS * BS + 2 * crate::wal::record::HEADER_LEN as u64;
+        if self.wal_align == 0 || !self.wal_align.is_power_of_two() || self.wal_align > (1 << 20) {
+            return bad(format!("wal_align {} must be a power of two up to 1 MiB", self.wal_align));
+        }
+        if self.segment_bytes < 1 << 20 || self.segment_bytes > u64::from(u32::MAX) {
+            return bad(format!("segment size {} must be between 1 MiB and 4 GiB", self.segment_bytes));
+        }
+        if self.segment_bytes < crate::wal::segment::DATA_START + max_record + 2 * self.wal_align {
+            return bad(format!(
+                "segment size {} is too small for the alignment {}",
+                self.segment_bytes, self.wal_align
+            ));
+        }
+        if self.max_dirty_bytes < 40 << 20 {
+            return bad(format!(
+                "max_dirty_bytes {} must be at least 40 MiB (a 32 MiB request must fit)",
+                self.max_dirty_bytes
+            ));
+        }
+        if self.sync_bytes == 0 || self.sync_interval.is_zero() {
+            return bad("sync_bytes and sync_interval must be greater than zero".into());
+        }
+        if self.size == Some(0) || self.size.is_some_and(|s| s % 512 != 0) {
+            return bad("the size must be a positive multiple of 512 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct Volume {
+    size: u64,
+    durability: Durability,
+    shared: Arc<Shared>,
+    index: Arc<Index>,
+    arena: Arc<Arena>,
+    stripes: Box<[Mutex<()>]>,
+    next_seq: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+/// Where one block's bytes come from for a read.
+enum Src {
+    Copied,
+    Wal { segment: u64, offset: u64 },
+}
+
+impl Volume {
+    /// Open (or create) the volume in `dir`, replaying its WAL.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, cfg: VolumeConfig) -> Result<Self, VolumeError> {
+        cfg.validate()?;
+        let wal_dir = dir.join("wal");
+        fs.create_dir_all(&wal_dir).map_err(|e| VolumeError::io(format!("creating {}", wal_dir.display()), e))?;
+        let meta = load_or_create_meta(&*fs, dir, cfg.size)?;
+        let index = Arc::new(Index::new(cfg.index_shards));
+        let replayed = replay(&*fs, &wal_dir, meta.volume_id, cfg.recovery, &index)?;
+        let arena = Arc::new(Arena::new(cfg.max_dirty_bytes));
+        let dirty = Arc::new(Semaphore::new(arena.capacity_bytes()));
+        let shared = Shared::new(Arc::clone(&index), Arc::clone(&arena), dirty, 0);
+        // Moved, not cloned: the writer recycles a segment only when no one else holds it.
+        shared.segments.write().extend(replayed.segments.into_iter().map(|s| (s.id, s)));
+        let wal_cfg = WalConfig {
+            dir: wal_dir,
+            segment_bytes: cfg.segment_bytes,
+            align: cfg.wal_align,
+            policy: SyncPolicy { durability: cfg.durability, interval: cfg.sync_interval, bytes: cfg.sync_bytes },
+            volume_id: meta.volume_id,
+        };
+        let writer =
+            Writer::start(Arc::clone(&shared), fs, wal_cfg, replayed.last, replayed.free_slots, replayed.next_slot)?;
+        let handle = std::thread::Builder::new()
+            .name("spillway-wal".into())
+            .spawn(move || writer.run())
+            .map_err(|e| VolumeError::io("starting the WAL writer thread", e))?;
+        info!(
+            dir = %dir.display(),
+            size = meta.size,
+            blocks = index.len(),
+            durability = cfg.durability.name(),
+            "volume opened"
+        );
+        Ok(Self {
+            size: meta.size,
+            durability: cfg.durability,
+            shared,
+            index,
+            arena,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            next_seq: AtomicU64::new(replayed.next_seq),
+            writer: Mutex::new(Some(handle)),
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sync what is written and stop the writer. Later requests fail.
+    pub async fn close(&self) -> Result<(), VolumeError> {
+        self.shared.close();
+        let handle = self.writer.lock().take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|_| VolumeError::io("joining the WAL writer", std::io::ErrorKind::Other.into()))?
+                .map_err(|_| VolumeError::io("the WAL writer panicked", std::io::ErrorKind::Other.into()))?;
+        }
+        if self.shared.is_poisoned() {
+            return Err(WalError::Poisoned.into());
+        }
+        Ok(())
+    }
+
+    /// Syncs made and other counters are visible through the file-system seam; this is
+    /// the WAL's own view, for tests.
+    pub fn durable_progress(&self) -> crate::wal::writer::Progress {
+        self.shared.progress()
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(VolumeError::OutOfRange { offset, len, size: self.size }),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), VolumeError> {
+        if self.shared.is_poisoned() {
+            return Err(WalError::Poisoned.into());
+        }
+        Ok(())
+    }
+
+    /// Lock the stripes of `count` blocks from `first`, in ascending order.
+    fn lock_blocks(&self, first: u64, count: u64) -> Vec<MutexGuard<'_, ()>> {
+        if count >= STRIPES as u64 {
+            return self.stripes.iter().map(|m| m.lock()).collect();
+        }
+        let mut ids: Vec<usize> = (first..first + count).map(|b| (b % STRIPES as u64) as usize).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| self.stripes[i].lock()).collect()
+    }
+
+    /// Copy a block's current bytes into `out` (a whole block), wherever they are.
+    fn read_block(&self, block: u64, out: &mut [u8]) -> Result<(), VolumeError> {
+        loop {
+            match self.locate(block, 0, out)? {
+                Src::Copied => return Ok(()),
+                Src::Wal { segment, offset } => {
+                    if self.read_wal(segment, offset, out)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fill `out` from memory if the block is in memory or empty; else say where in the WAL
+    /// its bytes are. `at` is the offset inside the block where `out` starts.
+    fn locate(&self, block: u64, at: usize, out: &mut [u8]) -> Result<Src, VolumeError> {
+        Ok(self.index.with_entry(block, |e| match e.map(|e| e.state) {
+            None | Some(BlockState::Empty { .. }) => {
+                out.fill(0);
+                Src::Copied
+            }
+            Some(BlockState::Hot(slot)) => {
+                out.copy_from_slice(&self.arena.read(slot)[at..at + out.len()]);
+                Src::Copied
+            }
+            Some(BlockState::Pending { segment, offset }) => Src::Wal { segment, offset: offset + at as u64 },
+        }))
+    }
+
+    /// Read from a WAL segment; `false` if the segment was recycled meanwhile (look again).
+    fn read_wal(&self, segment: u64, offset: u64, out: &mut [u8]) -> Result<bool, VolumeError> {
+        let Some(seg) = self.shared.segments.read().get(&segment).cloned() else {
+            return Ok(false);
+        };
+        seg.file
+            .read_exact_at(out, offset)
+            .map_err(|e| VolumeError::io(format!("reading WAL segment {}", seg.slot), e))?;
+        Ok(true)
+    }
+
+    /// Stage a write under the block locks: arena copy, index update, WAL queue. Returns
+    /// the log sequence number of the last record.
+    fn stage_write(&self, offset: u64, data: &[u8], fua: bool) -> Result<u64, VolumeError> {
+        let first = offset / BS;
+        let last = (offset + data.len() as u64 - 1) / BS;
+        let _locks = self.lock_blocks(first, last - first + 1);
+        let mut lsn = 0;
+        let mut run = first;
+        while run <= last {
+            let n = (last - run + 1).min(MAX_RECORD_BLOCKS);
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let mut slots: Vec<SlotId> = Vec::with_capacity(n as usize);
+            for b in run..run + n {
+                let slot = match self.arena.alloc(2) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.unstage(&slots);
+                        return Err(VolumeError::io("block arena", std::io::Error::other(e)));
+                    }
+                };
+                let block_start = b * BS;
+                let lo = offset.max(block_start);
+                let hi = (offset + data.len() as u64).min(block_start + BS);
+                let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
+                let at = (lo - block_start) as usize;
+                let mut whole = [0u8; BLOCK_SIZE];
+                if piece.len() < BLOCK_SIZE {
+                    if let Err(e) = self.read_block(b, &mut whole) {
+                        self.arena.release(slot);
+                        self.arena.release(slot);
+                        self.unstage(&slots);
+                        return Err(e);
+                    }
+                }
+                whole[at..at + piece.len()].copy_from_slice(piece);
+                self.arena.write(slot, |d| d.copy_from_slice(&whole));
+                slots.push(slot);
+            }
+            let mut supersedes = Vec::new();
+            for (k, &slot) in slots.iter().enumerate() {
+                let old = self.index.set(run + k as u64, Some(Entry { seq, state: BlockState::Hot(slot) }));
+                self.replaced(old, &mut supersedes);
+            }
+            lsn = self.shared.submit(Op::Data { seq, block: run, slots }, supersedes, fua)?;
+            run += n;
+        }
+        Ok(lsn)
+    }
+
+    /// Undo the slot allocations of a run that failed before reaching the index.
+    fn unstage(&self, slots: &[SlotId]) {
+        for &s in slots {
+            self.arena.release(s);
+            self.arena.release(s);
+        }
+    }
+
+    /// An index entry was replaced: release its slot, or note the segment it pointed into.
+    fn replaced(&self, old: Option<Entry>, supersedes: &mut Vec<u64>) {
+        match old.map(|e| e.state) {
+            Some(BlockState::Hot(slot)) => self.arena.release(slot),
+            Some(BlockState::Pending { segment, .. }) => supersedes.push(segment),
+            _ => {}
+        }
+    }
+
+    /// Make whole blocks read as zeroes (a tombstone record).
+    fn stage_zero(&self, first: u64, count: u64, keep_allocated: bool, fua: bool) -> Result<u64, VolumeError> {
+        let _locks = self.lock_blocks(first, count);
+        let mut lsn = 0;
+        let mut block = first;
+        let end = first + count;
+        while block < end {
+            let n = (end - block).min(u64::from(u32::MAX));
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let mut supersedes = Vec::new();
+            for old in self.index.zero_range(block, n, keep_allocated, seq) {
+                self.replaced(Some(old), &mut supersedes);
+            }
+            lsn = self.shared.submit(Op::Zero { seq, block, count: n as u32, keep_allocated }, supersedes, fua)?;
+            block += n;
+        }
+        Ok(lsn)
+    }
+
+    /// Reply now, or after the covering sync?
+    async fn settle(&self, lsn: u64, fua: bool) -> Result<(), VolumeError> {
+        let wait = match self.durability {
+            Durability::Strict => true,
+            Durability::Batched | Durability::Relaxed => fua,
+            Durability::Async => false,
+        };
+        if wait {
+            self.shared.wait_durable(lsn).await?;
+        }
+        Ok(())
+    }
+
+    async fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        keep_allocated: bool,
+        fua: bool,
+        edges: bool,
+    ) -> Result<(), VolumeError> {
+        self.check(offset, len)?;
+        self.check_writable()?;
+        let first = offset.div_ceil(BS);
+        let end = (offset + len) / BS;
+        if edges {
+            // Partial blocks at either end are zeroed in place, as writes of zeroes.
+            let zeros = [0u8; BLOCK_SIZE];
+            let head_end = (first * BS).min(offset + len);
+            if head_end > offset {
+                self.write(offset, &zeros[..(head_end - offset) as usize], fua).await?;
+            }
+            let tail_start = (end * BS).max(head_end);
+            if offset + len > tail_start {
+                self.write(tail_start, &zeros[..(offset + len - tail_start) as usize], fua).await?;
+            }
+        }
+        if end > first {
+            let lsn = self.stage_zero(first, end - first, keep_allocated, fua)?;
+            self.settle(lsn, fua).await?;
+        }
+        Ok(())
+    }
+}
+
+fn load_or_create_meta(fs: &dyn FileSystem, dir: &Path, size: Option<u64>) -> Result<VolumeMeta, VolumeError> {
+    let path = dir.join(META_FILE);
+    let existing = fs.read_file(&path).map_err(|e| VolumeError::io(format!("reading {}", path.display()), e))?;
+    match existing {
+        Some(bytes) => {
+            let meta = VolumeMeta::decode(&bytes).map_err(|e| VolumeError::Meta { path: path.clone(), source: e })?;
+            if let Some(s) = size.filter(|&s| s != meta.size) {
+                return Err(VolumeError::SizeMismatch { path, existing: meta.size, asked: s });
+            }
+            Ok(meta)
+        }
+        None => {
+            let meta = VolumeMeta { size: size.unwrap_or(DEFAULT_SIZE), volume_id: random_id()? };
+            fs.write_file_atomic(&path, &meta.encode())
+                .map_err(|e| VolumeError::io(format!("writing {}", path.display()), e))?;
+            info!(path = %path.display(), size = meta.size, "volume created");
+            Ok(meta)
+        }
+    }
+}
+
+fn random_id() -> Result<[u8; 16], VolumeError> {
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+        .map_err(|e| VolumeError::io("reading /dev/urandom", e))?;
+    Ok(id)
+}
+
+impl BlockDevice for Volume {
+    type Error = VolumeError;
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.check(offset, buf.len() as u64)?;
+        // Runs of blocks that lie back to back in one WAL segment are read with one pread.
+        let mut run: Option<(u64, u64, usize, usize)> = None; // segment, file offset, buf start, len
+        let mut done = 0usize;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BS;
+            let at = (pos % BS) as usize;
+            let n = (BS - pos % BS).min(end - pos) as usize;
+            let src = self.locate(block, at, &mut buf[done..done + n])?;
+            if let Src::Wal { segment, offset: file_off } = src {
+                match &mut run {
+                    Some((s, o, _, l)) if *s == segment && *o + *l as u64 == file_off => *l += n,
+                    _ => {
+                        if let Some((s, o, b, l)) = run.take() {
+                            self.read_run(s, o, b, &mut buf[b..b + l], offset)?;
+                        }
+                        run = Some((segment, file_off, done, n));
+                    }
+                }
+            }
+            done += n;
+            pos += n as u64;
+        }
+        if let Some((s, o, b, l)) = run {
+            self.read_run(s, o, b, &mut buf[b..b + l], offset)?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {
+        self.check(offset, data.len() as u64)?;
+        self.check_writable()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let blocks = (offset + data.len() as u64 - 1) / BS - offset / BS + 1;
+        let bytes = (blocks * BS) as u32;
+        // The dirty-memory bound: wait here, before any lock is taken.
+        self.shared.dirty.acquire_many(bytes).await.map_err(|_| WalError::Closed)?.forget();
+        match self.stage_write(offset, data, fua) {
+            Ok(lsn) => self.settle(lsn, fua).await,
+            Err(e) => {
+                self.shared.dirty.add_permits(bytes as usize);
+                Err(e)
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), VolumeError> {
+        if self.durability == Durability::Async {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let lsn = self.shared.submit(Op::Sync, Vec::new(), true)?;
+        Ok(self.shared.wait_durable(lsn).await?)
+    }
+
+    /// Whole blocks become empty (a tombstone); partial blocks at the edges are left alone,
+    /// as TRIM allows.
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        self.zero_range(offset, len, false, fua, false).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), VolumeError> {
+        self.zero_range(offset, len, flags.no_hole, flags.fua, true).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, VolumeError> {
+        self.check(offset, len)?;
+        let mut out: Vec<Extent> = Vec::new();
+        let end = offset + len.min(STATUS_MAX_BLOCKS * BS);
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BS;
+            let n = (BS - pos % BS).min(end - pos);
+            let (hole, zero) = match self.index.get(block).map(|e| e.state) {
+                None => (true, true),
+                Some(BlockState::Empty { .. }) => (false, true),
+                Some(_) => (false, false),
+            };
+            match out.last_mut() {
+                Some(e) if e.hole == hole && e.zero == zero => e.length += n,
+                _ => out.push(Extent { length: n, hole, zero }),
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+}
+
+impl Volume {
+    /// Read a run of WAL bytes into `out`; if its segment was recycled meanwhile, fall back
+    /// to reading each block afresh.
+    fn read_run(
+        &self,
+        segment: u64,
+        file_off: u64,
+        buf_start: usize,
+        out: &mut [u8],
+        req_offset: u64,
+    ) -> Result<(), VolumeError> {
+        if self.read_wal(segment, file_off, out)? {
+            return Ok(());
+        }
+        warn!(segment, "WAL segment recycled during a read; reading again");
+        let mut pos = req_offset + buf_start as u64;
+        let mut done = 0;
+        while done < out.len() {
+            let block = pos / BS;
+            let at = (pos % BS) as usize;
+            let n = (BLOCK_SIZE - at).min(out.len() - done);
+            let mut whole = [0u8; BLOCK_SIZE];
+            self.read_block(block, &mut whole)?;
+            out[done..done + n].copy_from_slice(&whole[at..at + n]);
+            done += n;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}

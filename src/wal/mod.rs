@@ -1,0 +1,49 @@
+//! The write-ahead log: record and segment formats, the group-commit writer, durability
+//! policy, and replay.
+
+pub mod durability;
+pub mod record;
+pub mod replay;
+pub mod segment;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use durability::{Durability, SyncPolicy};
+
+/// Why the WAL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the volume is poisoned after a failed write or sync; restart the server")]
+    Poisoned,
+    #[error("the WAL is shut down")]
+    Closed,
+    #[error(
+        "WAL corruption in {path}: {detail} (start with --recovery-mode tolerate-corruption to drop the damaged part)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("WAL segment {path} belongs to another volume")]
+    ForeignSegment { path: PathBuf },
+}
+
+impl WalError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        WalError::Io { what: what.into(), source }
+    }
+}
+
+/// How replay treats damage (compare raft-engine's RecoveryMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecoveryMode {
+    /// Drop a torn tail (unsynced data cut short by a crash); refuse to start on damage
+    /// anywhere else.
+    TolerateTail,
+    /// Drop damaged records wherever they are, log what was lost, and start.
+    TolerateCorruption,
+}

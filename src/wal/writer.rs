@@ -1,0 +1,475 @@
+//! The group-commit writer: one thread takes everything queued, packs it into one buffer of
+//! records, makes one write, and syncs when the durability policy asks. Many connections
+//! and many in-flight requests share each sync.
+
+use std::collections::BTreeMap;
+use std::io::IoSlice;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, error, info};
+
+use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN};
+use super::segment::{Segment, SegmentHeader, DATA_START};
+use super::{SyncPolicy, WalError};
+use crate::io::{File, FileSystem};
+use crate::store::arena::{Arena, SlotId};
+use crate::store::index::Index;
+
+/// One write of the batch buffer is at most this large; a bigger batch makes several
+/// writes and still one sync.
+const MAX_WRITE: usize = 8 << 20;
+
+/// What the volume asks the log to record.
+pub enum Op {
+    /// Whole blocks from `block` on, their data in arena slots (one reference each is ours).
+    Data { seq: u64, block: u64, slots: Vec<SlotId> },
+    /// `count` blocks from `block` on read as zeroes.
+    Zero { seq: u64, block: u64, count: u32, keep_allocated: bool },
+    /// A barrier: sync everything queued before it.
+    Sync,
+}
+
+pub struct Item {
+    pub op: Op,
+    /// Segments of `Pending` entries this record replaced: their live counts drop once
+    /// this record is durable.
+    pub supersedes: Vec<u64>,
+    /// Sync the batch holding this item (FUA).
+    pub force_sync: bool,
+    lsn: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Items written to the segment files.
+    pub written: u64,
+    /// Items synced.
+    pub durable: u64,
+    pub poisoned: bool,
+}
+
+struct Queue {
+    items: Vec<Item>,
+    next_lsn: u64,
+    closing: bool,
+}
+
+/// Static configuration of the log.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    /// Writes are padded so the next one starts on this boundary (1: no padding).
+    pub align: u64,
+    pub policy: SyncPolicy,
+    pub volume_id: [u8; 16],
+}
+
+/// The state shared by the volume and the writer thread.
+pub struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    progress: watch::Sender<Progress>,
+    poisoned: AtomicBool,
+    /// Open segments by id; readers clone an `Arc` while they read.
+    pub segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    pub index: Arc<Index>,
+    pub arena: Arc<Arena>,
+    /// Dirty-byte budget: the volume takes from it per block queued, the writer gives back
+    /// once a block is written.
+    pub dirty: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(index: Arc<Index>, arena: Arc<Arena>, dirty: Arc<Semaphore>, next_lsn: u64) -> Arc<Self> {
+        let (progress, _) = watch::channel(Progress { written: next_lsn, durable: next_lsn, poisoned: false });
+        Arc::new(Self {
+            queue: Mutex::new(Queue { items: Vec::new(), next_lsn, closing: false }),
+            wake: Condvar::new(),
+            progress,
+            poisoned: AtomicBool::new(false),
+            segments: RwLock::new(BTreeMap::new()),
+            index,
+            arena,
+            dirty,
+        })
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Queue an item; returns its log sequence number, for [`Shared::wait_durable`].
+    pub fn submit(&self, op: Op, supersedes: Vec<u64>, force_sync: bool) -> Result<u64, WalError> {
+        if self.is_poisoned() {
+            return Err(WalError::Poisoned);
+        }
+        let mut q = self.queue.lock();
+        if q.closing {
+            return Err(WalError::Closed);
+        }
+        q.next_lsn += 1;
+        let lsn = q.next_lsn;
+        q.items.push(Item { op, supersedes, force_sync, lsn });
+        drop(q);
+        self.wake.notify_one();
+        Ok(lsn)
+    }
+
+    /// Wait until the item `lsn` is synced.
+    pub async fn wait_durable(&self, lsn: u64) -> Result<(), WalError> {
+        let mut rx = self.progress.subscribe();
+        let p = *rx.wait_for(|p| p.durable >= lsn || p.poisoned).await.map_err(|_| WalError::Closed)?;
+        if p.durable >= lsn {
+            Ok(())
+        } else {
+            Err(WalError::Poisoned)
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    /// Ask the writer to sync what is queued and stop.
+    pub fn close(&self) {
+        self.queue.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    fn poison(&self, why: &WalError) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            error!(error = %why, "WAL failure: the volume is poisoned; every write and flush fails with EIO until restart");
+        }
+        self.progress.send_modify(|p| p.poisoned = true);
+    }
+}
+
+/// The writer thread's own state.
+pub struct Writer {
+    shared: Arc<Shared>,
+    fs: Arc<dyn FileSystem>,
+    cfg: WalConfig,
+    current: Arc<Segment>,
+    /// Next write offset in the current segment.
+    off: u64,
+    /// Offset up to which the current segment is known synced.
+    synced_to: u64,
+    first_unsynced: Option<Instant>,
+    unsynced_bytes: u64,
+    /// Segments to release once the records that superseded them are synced.
+    releases: Vec<u64>,
+    /// Recycled slot files ready for reuse.
+    free_slots: Vec<(String, Arc<dyn File>)>,
+    next_slot: u64,
+    buf: Vec<u8>,
+}
+
+/// Where a record of the current batch went.
+struct Placed {
+    item: usize,
+    segment: u64,
+    offset: u64,
+}
+
+impl Writer {
+    /// Start on a fresh segment after `prev` (id and end of its valid records).
+    pub fn start(
+        shared: Arc<Shared>,
+        fs: Arc<dyn FileSystem>,
+        cfg: WalConfig,
+        prev: (u64, u64),
+        free_slots: Vec<(String, Arc<dyn File>)>,
+        next_slot: u64,
+    ) -> Result<Self, WalError> {
+        let placeholder = Arc::new(Segment { id: prev.0, slot: String::new(), file: dummy_file() });
+        let mut w = Writer {
+            shared,
+            fs,
+            cfg,
+            current: placeholder,
+            off: prev.1,
+            synced_to: prev.1,
+            first_unsynced: None,
+            unsynced_bytes: 0,
+            releases: Vec::new(),
+            free_slots,
+            next_slot,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        w.open_next()?;
+        Ok(w)
+    }
+
+    /// Run until closed.
+    pub fn run(mut self) {
+        loop {
+            let (items, closing) = {
+                let mut q = self.shared.queue.lock();
+                while q.items.is_empty() && !q.closing {
+                    match self.sync_deadline() {
+                        Some(d) => {
+                            if self.shared.wake.wait_until(&mut q, d).timed_out() {
+                                break;
+                            }
+                        }
+                        None => self.shared.wake.wait(&mut q),
+                    }
+                }
+                (std::mem::take(&mut q.items), q.closing)
+            };
+            if !self.shared.is_poisoned() {
+                if let Err(e) = self.process(&items) {
+                    self.shared.poison(&e);
+                }
+            }
+            // Written or not, the items give back their memory, so nothing waits on it.
+            for item in items {
+                self.finish(item);
+            }
+            if closing && self.shared.queue.lock().items.is_empty() {
+                if !self.shared.is_poisoned() && self.unsynced_bytes > 0 {
+                    if let Err(e) = self.sync() {
+                        self.shared.poison(&e);
+                    }
+                }
+                debug!("WAL writer stopped");
+                return;
+            }
+        }
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        let first = self.first_unsynced?;
+        Some(first + self.cfg.policy.deadline()?)
+    }
+
+    fn process(&mut self, items: &[Item]) -> Result<(), WalError> {
+        let Some(last_lsn) = items.last().map(|i| i.lsn) else {
+            // Woken by the batched-mode deadline.
+            if self.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+                self.sync()?;
+                self.publish(None);
+            }
+            return Ok(());
+        };
+        let mut forced = false;
+        let mut placed: Vec<Placed> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            forced |= item.force_sync || matches!(item.op, Op::Sync);
+            let (header, slots): (RecordHeader, &[SlotId]) = match &item.op {
+                Op::Sync => continue,
+                Op::Data { seq, block, slots } => {
+                    (RecordHeader::data(0, *seq, *block, slots.len() as u32, 0), slots.as_slice())
+                }
+                Op::Zero { seq, block, count, keep_allocated } => {
+                    (RecordHeader::zero(0, *seq, *block, *count, *keep_allocated, 0), &[])
+                }
+            };
+            if self.off + self.buf.len() as u64 + header.total_len() + HEADER_LEN as u64 > self.cfg.segment_bytes {
+                self.write_out(items, &mut placed)?;
+                self.roll()?;
+            } else if self.buf.len() >= MAX_WRITE {
+                self.write_out(items, &mut placed)?;
+            }
+            let offset = self.off + self.buf.len() as u64;
+            let header = RecordHeader { segment: self.current.id, synced_to: self.synced_to as u32, ..header };
+            self.append(&header, slots);
+            placed.push(Placed { item: i, segment: self.current.id, offset });
+        }
+        self.write_out(items, &mut placed)?;
+        let unsynced_for = self.first_unsynced.map_or(Duration::ZERO, |t| t.elapsed());
+        let synced = if self.cfg.policy.sync_after_batch(forced, self.unsynced_bytes, unsynced_for) {
+            self.sync()?;
+            true
+        } else {
+            false
+        };
+        // Nothing to write but a barrier: everything before it is already synced.
+        let durable = if synced || self.unsynced_bytes == 0 { Some(last_lsn) } else { None };
+        self.publish_written(last_lsn, durable);
+        Ok(())
+    }
+
+    /// Encode one record into the batch buffer, copying block data out of the arena.
+    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) {
+        let guards: Vec<_> = slots.iter().map(|&s| self.shared.arena.read(s)).collect();
+        let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
+        self.buf.extend_from_slice(&header.encode(&pieces));
+        for p in pieces {
+            self.buf.extend_from_slice(p);
+        }
+    }
+
+    /// Write the batch buffer (padded to the alignment) and point the index at it.
+    fn write_out(&mut self, items: &[Item], placed: &mut Vec<Placed>) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let end = self.off + self.buf.len() as u64;
+        let mut gap = (self.cfg.align - end % self.cfg.align) % self.cfg.align;
+        if gap > 0 && gap < HEADER_LEN as u64 {
+            gap += self.cfg.align;
+        }
+        if gap > 0 && end + gap <= self.cfg.segment_bytes {
+            let len = (gap - HEADER_LEN as u64) as u32;
+            let zeros = vec![0u8; len as usize];
+            let pad = RecordHeader::pad(self.current.id, len, self.synced_to as u32);
+            self.buf.extend_from_slice(&pad.encode(&[&zeros]));
+            self.buf.extend_from_slice(&zeros);
+        }
+        let what = || format!("writing WAL segment {}", self.current.slot);
+        self.current
+            .file
+            .write_all_vectored_at(&[IoSlice::new(&self.buf)], self.off)
+            .map_err(|e| WalError::io(what(), e))?;
+        if self.first_unsynced.is_none() {
+            self.first_unsynced = Some(Instant::now());
+        }
+        self.unsynced_bytes += self.buf.len() as u64;
+        self.off += self.buf.len() as u64;
+        self.buf.clear();
+        for p in placed.drain(..) {
+            let item = &items[p.item];
+            if let Op::Data { seq, block, slots } = &item.op {
+                for (k, _) in slots.iter().enumerate() {
+                    let at = p.offset + HEADER_LEN as u64 + (k * BLOCK_SIZE) as u64;
+                    if let Some(slot) = self.shared.index.settle(block + k as u64, *seq, p.segment, at) {
+                        self.shared.arena.release(slot);
+                    }
+                }
+            }
+            self.releases.extend_from_slice(&item.supersedes);
+        }
+        Ok(())
+    }
+
+    /// Drop the item's own slot references and give its bytes back to the budget.
+    fn finish(&mut self, item: Item) {
+        if let Op::Data { slots, .. } = item.op {
+            self.shared.dirty.add_permits(slots.len() * BLOCK_SIZE);
+            for s in slots {
+                self.shared.arena.release(s);
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        let what = format!("syncing WAL segment {}", self.current.slot);
+        self.current.file.sync_data().map_err(|e| WalError::io(what, e))?;
+        self.synced_to = self.off;
+        self.unsynced_bytes = 0;
+        self.first_unsynced = None;
+        for s in self.releases.drain(..) {
+            self.shared.index.segment_released(s);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, durable: Option<u64>) {
+        let written = self.shared.progress.borrow().written;
+        self.publish_written(written, durable.or(Some(written)));
+    }
+
+    fn publish_written(&self, written: u64, durable: Option<u64>) {
+        self.shared.progress.send_modify(|p| {
+            p.written = written;
+            if let Some(d) = durable {
+                p.durable = d;
+            }
+        });
+    }
+
+    /// Seal the current segment (sync it) and continue in a new one.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.sync()?;
+        self.open_next()
+    }
+
+    fn open_next(&mut self) -> Result<(), WalError> {
+        let (prev_id, prev_end) = (self.current.id, self.off);
+        let id = prev_id + 1;
+        let (slot, file) = self.take_slot()?;
+        let mut page = vec![0u8; DATA_START as usize];
+        let header = SegmentHeader { id, prev_id, prev_end, volume_id: self.cfg.volume_id };
+        page[..super::segment::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        let what = |w: &str| format!("{w} WAL segment {slot}");
+        // Written before any record, so any sync that makes a record durable makes the
+        // header durable too: a torn header means a segment that held nothing promised.
+        file.write_all_vectored_at(&[IoSlice::new(&page)], 0)
+            .map_err(|e| WalError::io(what("writing header of"), e))?;
+        let seg = Arc::new(Segment { id, slot, file });
+        self.shared.segments.write().insert(id, Arc::clone(&seg));
+        debug!(segment = id, slot = %seg.slot, "WAL segment opened");
+        self.current = seg;
+        self.off = DATA_START;
+        self.synced_to = DATA_START;
+        Ok(())
+    }
+
+    /// A file for the next segment: the oldest segment if nothing in it is needed any more,
+    /// else a recycled slot, else a new preallocated file.
+    fn take_slot(&mut self) -> Result<(String, Arc<dyn File>), WalError> {
+        let oldest = self.shared.segments.read().first_key_value().map(|(&id, s)| (id, Arc::clone(s)));
+        if let Some((id, seg)) = oldest {
+            if id != self.current.id && self.shared.index.live(id) <= 0 {
+                self.shared.segments.write().remove(&id);
+                // Readers that looked the segment up just before finish first; one that
+                // takes too long keeps the segment for another round.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while Arc::strong_count(&seg) > 1 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                match Arc::try_unwrap(seg) {
+                    Ok(s) => {
+                        self.shared.index.forget_segment(id);
+                        info!(segment = id, slot = %s.slot, "WAL segment recycled");
+                        return Ok((s.slot, s.file));
+                    }
+                    Err(seg) => {
+                        self.shared.segments.write().insert(id, seg);
+                    }
+                }
+            }
+        }
+        if let Some(s) = self.free_slots.pop() {
+            return Ok(s);
+        }
+        let name = format!("wal-{:06}.seg", self.next_slot);
+        self.next_slot += 1;
+        let path = self.cfg.dir.join(&name);
+        let file = self.fs.open(&path, true).map_err(|e| WalError::io(format!("creating {}", path.display()), e))?;
+        file.allocate(self.cfg.segment_bytes)
+            .map_err(|e| WalError::io(format!("preallocating {}", path.display()), e))?;
+        self.fs.sync_dir(&self.cfg.dir).map_err(|e| WalError::io(format!("syncing {}", self.cfg.dir.display()), e))?;
+        Ok((name, file))
+    }
+}
+
+/// Stands in for "no segment yet" before the first one opens; never read or written.
+fn dummy_file() -> Arc<dyn File> {
+    struct NoFile;
+    impl File for NoFile {
+        fn write_all_vectored_at(&self, _: &[IoSlice<'_>], _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+        fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn allocate(&self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+    Arc::new(NoFile)
+}

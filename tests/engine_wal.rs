@@ -1,0 +1,385 @@
+//! The durable engine through its library API, with the file-system seam counting syncs
+//! and injecting faults. No timing assertions: counts and contents only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nbd::{BlockDevice, DeviceError, Errno, ZeroFlags};
+use spillway::io::faulty::{Faults, FaultyFs};
+use spillway::io::std_fs::StdFs;
+use spillway::volume::{Volume, VolumeConfig};
+use spillway::wal::{Durability, RecoveryMode};
+
+const BS: usize = 4096;
+
+fn cfg(durability: Durability) -> VolumeConfig {
+    VolumeConfig { size: Some(64 << 20), durability, ..VolumeConfig::default() }
+}
+
+fn open(dir: &Path, cfg: VolumeConfig) -> (Volume, Arc<Faults>) {
+    let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
+    let v = Volume::open(Arc::new(fs), dir, cfg).expect("volume opens");
+    (v, faults)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn read(v: &Volume, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    v.read(offset, &mut b).await.expect("read");
+    b
+}
+
+/// WAL segment files of a volume, newest (highest segment id) last.
+fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter_map(|p| {
+            let b = std::fs::read(&p).ok()?;
+            (b.len() >= 64 && &b[..8] == b"SPILLWAL").then(|| (u64::from_le_bytes(b[16..24].try_into().unwrap()), p))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Offsets of every record of segment `id` in its file, walking the chain of headers.
+fn record_offsets(path: &Path, id: u64) -> Vec<(u64, u64)> {
+    let b = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 4096usize;
+    while at + 48 <= b.len() {
+        let magic = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let seg = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap());
+        if magic != 0x5257_5053 || seg != id {
+            break;
+        }
+        let len = 48 + u64::from(u32::from_le_bytes(b[at + 36..at + 40].try_into().unwrap()));
+        out.push((at as u64, len));
+        at += len as usize;
+    }
+    out
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut b = std::fs::read(path).unwrap();
+    b[offset as usize] ^= 0x40;
+    std::fs::write(path, b).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_syncs_in_strict_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, faults) = open(dir.path(), cfg(Durability::Strict));
+    // A slow sync (like an SD card) makes writers pile up behind each one.
+    *faults.sync_latency.lock() = Duration::from_millis(5);
+    let v = Arc::new(v);
+    let before = faults.syncs();
+    let writers = 32;
+    let per_writer = 16;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let v = Arc::clone(&v);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let block = (w * per_writer + i) as u64;
+                v.write(block * BS as u64, &pattern(block, BS), false).await.expect("strict write");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let writes = (writers * per_writer) as u64;
+    let syncs = faults.syncs() - before;
+    println!("{writes} strict writes from {writers} writers took {syncs} syncs");
+    assert!(syncs * 4 <= writes, "group commit: {syncs} syncs for {writes} writes");
+    for b in 0..writes {
+        assert_eq!(read(&v, b * BS as u64, BS).await, pattern(b, BS), "block {b}");
+    }
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_mode_syncs_only_on_flush_and_fua() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, faults) = open(dir.path(), cfg(Durability::Relaxed));
+    let start = faults.syncs();
+    for b in 0..200u64 {
+        v.write(b * BS as u64, &pattern(b, BS), false).await.unwrap();
+    }
+    // Give a time-based sync every chance to happen; none may.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(faults.syncs(), start, "no sync between FLUSHes");
+    v.flush().await.unwrap();
+    assert_eq!(faults.syncs(), start + 1, "one sync per FLUSH");
+    v.flush().await.unwrap();
+    assert_eq!(faults.syncs(), start + 1, "a FLUSH with nothing unsynced costs nothing");
+    v.write(0, &pattern(9, BS), false).await.unwrap();
+    assert_eq!(faults.syncs(), start + 1);
+    v.write(BS as u64, &pattern(10, BS), true).await.unwrap();
+    assert_eq!(faults.syncs(), start + 2, "FUA syncs");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_syncs_by_interval_without_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = VolumeConfig { sync_interval: Duration::from_millis(20), ..cfg(Durability::Batched) };
+    let (v, faults) = open(dir.path(), c);
+    let start = faults.syncs();
+    v.write(0, &pattern(1, BS), false).await.unwrap();
+    // The interval sync comes on its own; wait for it by polling the WAL's progress.
+    for _ in 0..500 {
+        let p = v.durable_progress();
+        if p.durable >= p.written && faults.syncs() > start {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(faults.syncs(), start + 1, "exactly one interval sync for one write");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sync_poisons_the_volume() {
+    for mode in [Durability::Strict, Durability::Batched] {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, faults) = open(dir.path(), cfg(mode));
+        v.write(0, &pattern(1, BS), false).await.unwrap();
+        v.flush().await.unwrap();
+        faults.fail_syncs.store(true, std::sync::atomic::Ordering::SeqCst);
+        let first = v.write(BS as u64, &pattern(2, BS), false).await;
+        let flush = v.flush().await;
+        assert_eq!(flush.map_err(|e| e.errno()), Err(Errno::Io), "{mode:?}: a flush after a failed sync fails");
+        if mode == Durability::Strict {
+            assert_eq!(first.map_err(|e| e.errno()), Err(Errno::Io), "strict write waits for its sync");
+        }
+        // The fault is gone, but the volume stays poisoned until restart.
+        faults.fail_syncs.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(v.write(0, &pattern(3, BS), false).await.map_err(|e| e.errno()), Err(Errno::Io));
+        assert_eq!(v.flush().await.map_err(|e| e.errno()), Err(Errno::Io));
+        assert_eq!(v.write_zeroes(0, BS as u64, ZeroFlags::default()).await.map_err(|e| e.errno()), Err(Errno::Io));
+        // Reads still work, and serve what was written.
+        assert_eq!(read(&v, 0, BS).await, pattern(1, BS));
+        assert!(v.close().await.is_err(), "close reports the poisoning");
+        drop(v);
+        // After a restart, everything flushed before the failure is there.
+        let (v, _) = open(dir.path(), cfg(mode));
+        assert_eq!(read(&v, 0, BS).await, pattern(1, BS), "{mode:?}: flushed data survives");
+        v.close().await.unwrap();
+    }
+}
+
+/// Ten strict writes, each its own synced batch: records 1..=10 in one segment.
+async fn ten_synced_records(dir: &Path) -> (PathBuf, u64, Vec<(u64, u64)>) {
+    let (v, _) = open(dir, cfg(Durability::Strict));
+    for i in 0..10u64 {
+        v.write(i * BS as u64, &pattern(100 + i, BS), false).await.unwrap();
+    }
+    v.close().await.unwrap();
+    let (id, path) = segments(dir).pop().unwrap();
+    let recs: Vec<_> = record_offsets(&path, id).into_iter().filter(|&(_, len)| len == 48 + BS as u64).collect();
+    assert_eq!(recs.len(), 10, "ten data records");
+    (path, id, recs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_dropped_and_the_rest_survives() {
+    // A bit flip in the last record, a half-written last record, a zeroed last page.
+    for damage in ["flip", "half", "zero-page"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, recs) = ten_synced_records(dir.path()).await;
+        let (at, len) = recs[9];
+        match damage {
+            "flip" => flip(&path, at + 48 + 100),
+            "half" => {
+                let mut b = std::fs::read(&path).unwrap();
+                b[(at + len / 2) as usize..(at + len) as usize].fill(0);
+                std::fs::write(&path, b).unwrap();
+            }
+            _ => {
+                let mut b = std::fs::read(&path).unwrap();
+                let page = (at + 48 + 4096) / 4096 * 4096 - 4096;
+                b[page as usize..(page + 4096) as usize].fill(0);
+                std::fs::write(&path, b).unwrap();
+            }
+        }
+        let (v, _) = open(dir.path(), cfg(Durability::Strict));
+        for i in 0..9u64 {
+            assert_eq!(read(&v, i * BS as u64, BS).await, pattern(100 + i, BS), "{damage}: block {i}");
+        }
+        assert_eq!(read(&v, 9 * BS as u64, BS).await, vec![0u8; BS], "{damage}: the torn write is gone");
+        // The log goes on: write more, restart again, and both old and new data are there.
+        v.write(20 * BS as u64, &pattern(7, BS), false).await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        let (v, _) = open(dir.path(), cfg(Durability::Strict));
+        assert_eq!(read(&v, 0, BS).await, pattern(100, BS), "{damage}: second restart");
+        assert_eq!(read(&v, 20 * BS as u64, BS).await, pattern(7, BS), "{damage}: second restart");
+        v.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_refuses_to_start_unless_tolerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, recs) = ten_synced_records(dir.path()).await;
+    // Record 3 was synced before records 4..10 were written: damage there is not a torn tail.
+    flip(&path, recs[3].0 + 48 + 7);
+    let (fs, _) = FaultyFs::new(Arc::new(StdFs));
+    let err = Volume::open(Arc::new(fs), dir.path(), cfg(Durability::Strict)).err().expect("refuses to start");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(msg.contains("corruption") && msg.contains("tolerate-corruption"), "clear error: {msg}");
+
+    let tolerate = VolumeConfig { recovery: RecoveryMode::TolerateCorruption, ..cfg(Durability::Strict) };
+    let (v, _) = open(dir.path(), tolerate);
+    for i in (0..10u64).filter(|&i| i != 3) {
+        assert_eq!(read(&v, i * BS as u64, BS).await, pattern(100 + i, BS), "block {i} around the damage");
+    }
+    assert_eq!(read(&v, 3 * BS as u64, BS).await, vec![0u8; BS], "the damaged record is dropped, never served");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_segment_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = VolumeConfig { segment_bytes: 1 << 20, ..cfg(Durability::Relaxed) };
+    let (v, _) = open(dir.path(), c.clone());
+    // 3 MiB of distinct blocks: at least three segments, all live.
+    for b in 0..768u64 {
+        v.write(b * BS as u64, &pattern(b, BS), false).await.unwrap();
+    }
+    v.close().await.unwrap();
+    drop(v);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    std::fs::remove_file(&segs[1].1).unwrap();
+    let (fs, _) = FaultyFs::new(Arc::new(StdFs));
+    let err = Volume::open(Arc::new(fs), dir.path(), c).err().expect("refuses to start");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_are_recycled_and_data_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = VolumeConfig { segment_bytes: 1 << 20, ..cfg(Durability::Batched) };
+    let (v, _) = open(dir.path(), c.clone());
+    // Overwrite the same 16 blocks over and over: 16 MiB of log, 64 KiB live.
+    for round in 0..256u64 {
+        for b in 0..16u64 {
+            v.write(b * BS as u64, &pattern(round * 100 + b, BS), false).await.unwrap();
+        }
+        if round % 8 == 7 {
+            v.flush().await.unwrap();
+        }
+    }
+    for b in 0..16u64 {
+        assert_eq!(read(&v, b * BS as u64, BS).await, pattern(255 * 100 + b, BS), "block {b} while serving");
+    }
+    v.close().await.unwrap();
+    drop(v);
+    let files = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert!(files <= 4, "{files} WAL files for 16 MiB of overwrites: segments are recycled");
+    let (v, _) = open(dir.path(), c);
+    for b in 0..16u64 {
+        assert_eq!(read(&v, b * BS as u64, BS).await, pattern(255 * 100 + b, BS), "block {b} after restart");
+    }
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sub_block_writers_match_a_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path(), cfg(Durability::Batched));
+    let v = Arc::new(v);
+    // 8 writers, each owning every 8th byte range of 3 shared blocks (odd offsets and
+    // lengths, straddling block edges): no update may be lost.
+    let span = 3 * BS as u64;
+    let base = 5 * BS as u64 + 1000;
+    let mut model = vec![0u8; span as usize];
+    let mut tasks = Vec::new();
+    let piece = 37usize;
+    for w in 0..8usize {
+        let mut writes = Vec::new();
+        let mut at = w * piece;
+        while at + piece <= span as usize {
+            let data = pattern((w * 100_000 + at) as u64, piece);
+            model[at..at + piece].copy_from_slice(&data);
+            writes.push((base + at as u64, data));
+            at += 8 * piece;
+        }
+        let v = Arc::clone(&v);
+        tasks.push(tokio::spawn(async move {
+            for (off, data) in writes {
+                v.write(off, &data, false).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(read(&v, base, span as usize).await, model, "while serving");
+    v.flush().await.unwrap();
+    Arc::into_inner(v).unwrap().close().await.unwrap();
+    let (v, _) = open(dir.path(), cfg(Durability::Batched));
+    assert_eq!(read(&v, base, span as usize).await, model, "after restart");
+    assert_eq!(read(&v, base - 1000, 1000).await, vec![0u8; 1000], "bytes before untouched");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_and_zero_are_tombstones_that_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, faults) = open(dir.path(), cfg(Durability::Relaxed));
+    let data = pattern(1, 64 * BS);
+    v.write(0, &data, false).await.unwrap();
+    v.flush().await.unwrap();
+    let bytes_before = faults.bytes_written.load(std::sync::atomic::Ordering::SeqCst);
+    // Trim 16 blocks and zero 16 MiB: tombstones, not stored zeroes.
+    v.trim(8 * BS as u64, 16 * BS as u64, false).await.unwrap();
+    v.write_zeroes(32 * BS as u64 + 5, (16 << 20) - 5, ZeroFlags::default()).await.unwrap();
+    v.flush().await.unwrap();
+    let written = faults.bytes_written.load(std::sync::atomic::Ordering::SeqCst) - bytes_before;
+    assert!(written < 64 * 1024, "{written} bytes of WAL for trimming and zeroing 16 MiB");
+    let status = v.block_status(0, 64 * BS as u64).await.unwrap();
+    assert!(status.iter().any(|e| e.hole), "trimmed blocks are holes: {status:?}");
+    v.close().await.unwrap();
+    drop(v);
+    let (v, _) = open(dir.path(), cfg(Durability::Relaxed));
+    let mut expect = data.clone();
+    expect[8 * BS..24 * BS].fill(0);
+    expect[32 * BS + 5..].fill(0);
+    assert_eq!(read(&v, 0, 64 * BS).await, expect);
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_and_volume_identity_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path(), cfg(Durability::Batched));
+    v.close().await.unwrap();
+    drop(v);
+    let (fs, _) = FaultyFs::new(Arc::new(StdFs));
+    let other = VolumeConfig { size: Some(128 << 20), ..cfg(Durability::Batched) };
+    let err = Volume::open(Arc::new(fs), dir.path(), other).err().expect("a different size is refused");
+    assert!(err.to_string().contains("cannot be resized"), "{err}");
+    // Without a size, the volume keeps its own.
+    let (v, _) = open(dir.path(), VolumeConfig { size: None, ..cfg(Durability::Batched) });
+    assert_eq!(v.size(), 64 << 20);
+    v.close().await.unwrap();
+}
