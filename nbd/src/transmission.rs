@@ -5,8 +5,10 @@
 //! any order. Payload in flight is bounded per connection by a semaphore counted in bytes;
 //! when it is spent the reader stops reading, so a flooding client waits on TCP.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,6 +29,8 @@ const MAX_BATCH: usize = 64;
 /// Budget charged per request on top of its payload, which bounds the number in flight
 /// (refused requests included: their error replies wait in memory too).
 const REQUEST_OVERHEAD: u32 = 1024;
+/// Requests with a payload this large or larger always run as their own task.
+const INLINE_MAX: u32 = 256 << 10;
 /// Once the reader has stopped, how long unsent replies may take to go out: shorter when
 /// the server is shutting down, so a client that stops reading cannot hold it up.
 const CLOSE_GRACE: Duration = Duration::from_secs(60);
@@ -179,12 +183,20 @@ where
         };
         let (device, tx, pool) = (Arc::clone(&device), tx.clone(), Arc::clone(&pool));
         let structured = limits.structured;
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let mut frame = execute(&*device, job, h.cookie, structured, &pool).await;
             frame._permit = Some(permit);
             // The writer is gone only if the connection is closing.
             let _ = tx.send(frame);
         });
+        // Most small requests complete without waiting (a read, a write that needs no
+        // sync): run them right here, saving a task and a cross-thread wake-up. A request
+        // that must wait (a FLUSH, a strict-mode write) becomes a task of its own, and the
+        // task polls it again, so nothing registered with the no-op waker is missed. Large
+        // payloads always get a task, so their copies run in parallel with the reader.
+        if payload >= INLINE_MAX || work.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+            tokio::spawn(work);
+        }
     };
     drop(tx);
     if let Err(e) = &result {
