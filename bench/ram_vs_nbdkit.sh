@@ -11,6 +11,11 @@
 #   RUNTIME=10       seconds per timed fio run
 #   WORKLOADS="..."  subset of workloads, space- or comma-separated
 #                    (default: all five, see bench/README.md)
+#   PIN=none         none: let the kernel place processes; cross: servers on CPU 0,
+#                    fio on CPU 1; same: servers and fio all on CPU 0. On small VMs
+#                    the kernel's placement decides qd1 latency (waking a thread on
+#                    the other vCPU costs tens of microseconds), so pinned runs
+#                    compare the servers' own cost.
 #   ORDER=abab       abab: spillway first in every pair; abba: spillway first
 #                    in odd rounds, nbdkit first in even rounds
 #   SIZE=1G          export size for both servers
@@ -31,6 +36,13 @@ ALL_WORKLOADS="randread-4k-qd32 randwrite-4k-qd32 seqread-1m-qd8 seqwrite-1m-qd8
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 WORKLOADS=${WORKLOADS//,/ }
 ORDER=${ORDER:-abab}
+PIN=${PIN:-none}
+case $PIN in
+    none) PIN_SERVER=(); PIN_FIO=() ;;
+    cross) PIN_SERVER=(taskset -c 0); PIN_FIO=(taskset -c 1) ;;
+    same) PIN_SERVER=(taskset -c 0); PIN_FIO=(taskset -c 0) ;;
+    *) echo "PIN must be none, cross or same" >&2; exit 2 ;;
+esac
 SIZE=${SIZE:-1G}
 SETTLE=${SETTLE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -100,7 +112,7 @@ mkdir -p "$OUT/raw" "$OUT/logs"
     echo "# spillway RAM volume vs nbdkit memory"
     echo
     echo "- date: $(date -Is)"
-    echo "- command: ROUNDS=$ROUNDS RUNTIME=$RUNTIME WORKLOADS=\"${WL[*]}\" ORDER=$ORDER SIZE=$SIZE $0"
+    echo "- command: ROUNDS=$ROUNDS RUNTIME=$RUNTIME WORKLOADS=\"${WL[*]}\" ORDER=$ORDER PIN=$PIN SIZE=$SIZE $0"
     echo "- nproc: $(nproc)"
     echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
     echo "- loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
@@ -128,7 +140,7 @@ strip_ansi() { sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$1"; }
 start_spillway() {
     local logf=$1 data
     data=$(mktemp -d "$RUN_TMP/spillway-data.XXXXXX")
-    RUST_LOG=$SPILLWAY_LOG "$SPILLWAY" serve --memory --data-dir "$data" --listen 127.0.0.1:0 --size "$SIZE" \
+    RUST_LOG=$SPILLWAY_LOG "${PIN_SERVER[@]}" "$SPILLWAY" serve --memory --data-dir "$data" --listen 127.0.0.1:0 --size "$SIZE" \
         </dev/null >"$logf" 2>&1 &
     SPW_PID=$!
     local deadline=$((SECONDS + READY_TIMEOUT))
@@ -152,7 +164,7 @@ start_nbdkit() {
     pidf=$(mktemp -u "$RUN_TMP/nbdkit.pid.XXXXXX")
     # -p 0: the kernel picks a free port; nbdkit writes the pid file once it
     # is accepting, and ss tells us which port that process listens on.
-    nbdkit -f --exit-with-parent -i 127.0.0.1 -p 0 -P "$pidf" memory "$SIZE" \
+    "${PIN_SERVER[@]}" nbdkit -f --exit-with-parent -i 127.0.0.1 -p 0 -P "$pidf" memory "$SIZE" \
         </dev/null >"$logf" 2>&1 &
     NBK_PID=$!
     local deadline=$((SECONDS + READY_TIMEOUT))
@@ -203,7 +215,7 @@ run_one() {
     local rc=0
     URI="nbd://127.0.0.1:$PORT" RUNTIME=$RUNTIME \
         timeout --signal=TERM --kill-after=10 "$FIO_TIMEOUT" \
-        fio --output-format=json --output="$json" --eta=never "$HERE/fio/$w.fio" \
+        "${PIN_FIO[@]}" fio --output-format=json --output="$json" --eta=never "$HERE/fio/$w.fio" \
         </dev/null >"$flog" 2>&1 &
     FIO_PID=$!
     wait "$FIO_PID" || rc=$?

@@ -5,12 +5,12 @@
 //! zeroed blocks are holes, which block status reports as such.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use nbd::{BlockDevice, Extent, ZeroFlags};
 use parking_lot::RwLock;
 
 use crate::error::VolumeError;
+use crate::store::hash::BuildBlockHasher;
 
 const BLOCK: u64 = 4096;
 const SHARDS: usize = 64;
@@ -18,25 +18,7 @@ const SHARDS: usize = 64;
 const STATUS_MAX_BLOCKS: u64 = 65536;
 
 type Block = Box<[u8; BLOCK as usize]>;
-type Shard = RwLock<HashMap<u64, Block, BuildHasherDefault<BlockHasher>>>;
-
-/// Block numbers are already well spread: a multiplicative hash is plenty.
-#[derive(Default)]
-struct BlockHasher(u64);
-
-impl Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+type Shard = RwLock<HashMap<u64, Block, BuildBlockHasher>>;
 
 /// A sparse in-memory volume.
 pub struct MemoryVolume {
