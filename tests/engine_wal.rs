@@ -383,3 +383,32 @@ async fn size_and_volume_identity_are_checked() {
     assert_eq!(v.size(), 64 << 20);
     v.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_at_the_memory_bound_and_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest dirty bound, and far more data in flight than it holds.
+    let c = VolumeConfig { max_dirty_bytes: 40 << 20, ..cfg(Durability::Relaxed) };
+    let (v, _) = open(dir.path(), c);
+    let v = Arc::new(v);
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let v = Arc::clone(&v);
+        tasks.push(tokio::spawn(async move {
+            for pass in 0..6u64 {
+                for i in 0..8u64 {
+                    let off = (w * 8 + i) << 20;
+                    let data = pattern(pass * 1000 + w * 8 + i, 1 << 20);
+                    v.write(off, &data, false).await.unwrap_or_else(|e| panic!("write at {off} failed: {e}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for blk in [0u64, 17, 63] {
+        assert_eq!(read(&v, blk << 20, 1 << 20).await, pattern(5000 + blk, 1 << 20), "MiB {blk}");
+    }
+    Arc::into_inner(v).unwrap().close().await.unwrap();
+}

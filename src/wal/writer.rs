@@ -349,13 +349,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Drop the item's own slot references and give its bytes back to the budget.
+    /// Drop the item's own slot references, then give its bytes back to the budget. In
+    /// that order: a writer let through by the budget must find its slots free.
     fn finish(&mut self, item: Item) {
         if let Op::Data { slots, .. } = item.op {
-            self.shared.dirty.add_permits(slots.len() * BLOCK_SIZE);
+            let bytes = slots.len() * BLOCK_SIZE;
             for s in slots {
                 self.shared.arena.release(s);
             }
+            self.shared.dirty.add_permits(bytes);
         }
     }
 
