@@ -191,7 +191,8 @@ make_out() {
     mkdir -p "$DATA_ROOT"
     RUN_TMP=$(mktemp -d "$DATA_ROOT/run.XXXXXX")
     local fstype
-    fstype=$(stat -f -c %T "$RUN_TMP" 2>/dev/null || echo unknown)
+    # findmnt names ext4 as ext4 (stat -f says "ext2/ext3" for all three).
+    fstype=$(findmnt -no FSTYPE -T "$RUN_TMP" 2>/dev/null || stat -f -c %T "$RUN_TMP" 2>/dev/null || echo unknown)
     DATA_FS="$fstype, $(df -P "$RUN_TMP" | awk 'NR==2 {print $1 " mounted on " $6}')"
     case $fstype in
         tmpfs | ramfs) die "DATA_ROOT=$DATA_ROOT is on $fstype; put it on a real disk (e.g. DATA_ROOT=/var/tmp/spillway-bench)" ;;
