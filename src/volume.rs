@@ -292,8 +292,7 @@ impl Volume {
                 let mut whole = [0u8; BLOCK_SIZE];
                 if piece.len() < BLOCK_SIZE {
                     if let Err(e) = self.read_block(b, &mut whole) {
-                        self.arena.release(slot);
-                        self.arena.release(slot);
+                        self.unstage(&[slot]);
                         self.unstage(&slots);
                         return Err(e);
                     }

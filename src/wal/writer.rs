@@ -281,7 +281,7 @@ impl Writer {
             // Woken by the batched-mode deadline.
             if self.sync_deadline().is_some_and(|d| Instant::now() >= d) {
                 self.sync()?;
-                self.publish(None);
+                self.publish_synced();
             }
             return Ok(());
         };
@@ -403,9 +403,10 @@ impl Writer {
         Ok(())
     }
 
-    fn publish(&self, durable: Option<u64>) {
+    /// Everything written so far is now durable.
+    fn publish_synced(&self) {
         let written = self.shared.progress.borrow().written;
-        self.publish_written(written, durable.or(Some(written)));
+        self.publish_written(written, Some(written));
     }
 
     fn publish_written(&self, written: u64, durable: Option<u64>) {
