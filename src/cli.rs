@@ -24,7 +24,36 @@ pub enum Command {
     /// the durability mode of --durability. FLUSH and FUA are always honoured, except in
     /// async mode. With --memory the exports are RAM volumes instead, whose data does not
     /// survive a restart.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Rebuild a volume's local state (manifest and index) from its backend alone, for a
+    /// machine whose local disk died. The volume directory must not exist yet.
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// Where chunk objects live: s3://BUCKET/PREFIX (credentials and region from the
+    /// AWS_* environment variables), or a directory. [default: DATA_DIR/volumes/NAME/objects]
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
+
+    /// S3 endpoint URL for S3-compatible stores (path-style addressing; http:// allowed).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Data directory to rebuild the volumes into.
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
+
+    /// Name of an export to rebuild; repeat for several [default: default].
+    #[arg(long = "export", value_name = "NAME")]
+    pub exports: Vec<String>,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +112,49 @@ pub struct ServeArgs {
     /// Size of each preallocated WAL segment file.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub wal_segment_size: u64,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Codec of chunk frames: lz4, zstd[:LEVEL] (1-22, default 3) or none. Existing chunks
+    /// keep the codec they were written with.
+    #[arg(long, value_name = "CODEC", default_value = "lz4")]
+    pub codec: crate::codec::Compression,
+
+    /// Where a FLUSH or FUA reply lands. local: durable in the local WAL, the backend
+    /// catches up in the background. backend: the reply waits until the data is in a chunk
+    /// on the backend (for a local disk that cannot be trusted).
+    #[arg(long, value_enum, default_value = "local")]
+    pub flush_target: crate::volume::FlushTarget,
+
+    /// Memory for decompressed chunk frames (the read cache).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub cache_bytes: u64,
+
+    /// Frames fetched ahead of sequential reads (64 KiB each); 0 turns readahead off.
+    #[arg(long, value_name = "FRAMES", default_value = "2")]
+    pub readahead: u32,
+
+    /// Most local WAL space; when the backend is slow or down the WAL fills up to this,
+    /// then writes wait (they do not fail) until the spill catches up.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub max_wal: u64,
+
+    /// Raw data per chunk object.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    pub chunk_size: u64,
+
+    /// Synced data older than this goes to the backend even if its WAL segment is not full.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub spill_age: Duration,
+
+    /// Chunks with a smaller fraction of live blocks are compacted (0 turns compaction off).
+    #[arg(long, value_name = "FRACTION", default_value = "0.7")]
+    pub compact_below: f64,
+
+    /// Uploads to the backend in flight at once.
+    #[arg(long, value_name = "N", default_value = "4")]
+    pub upload_parallel: usize,
 
     /// Serve RAM volumes instead: nothing is written to disk and the data does NOT survive
     /// a restart. For benchmarks of the protocol path.

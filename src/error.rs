@@ -32,6 +32,10 @@ pub enum VolumeError {
     SizeMismatch { path: PathBuf, existing: u64, asked: u64 },
     #[error("invalid volume configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Chunk(#[from] crate::chunk::ChunkError),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }
 
 impl VolumeError {
@@ -48,7 +52,9 @@ impl DeviceError for VolumeError {
             VolumeError::Wal(_)
             | VolumeError::Io { .. }
             | VolumeError::Meta { .. }
-            | VolumeError::SizeMismatch { .. } => Errno::Io,
+            | VolumeError::SizeMismatch { .. }
+            | VolumeError::Chunk(_)
+            | VolumeError::Backend(_) => Errno::Io,
         }
     }
 }

@@ -1,11 +1,16 @@
 //! spillway: a userspace virtual block device served over NBD.
 
+pub mod backend;
+pub mod chunk;
 pub mod cli;
+pub mod codec;
 pub mod device;
 pub mod error;
 pub mod io;
 pub mod logging;
 pub mod memory_volume;
+pub mod metrics;
+pub mod recover;
 pub mod serve;
 pub mod store;
 pub mod units;

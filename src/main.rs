@@ -5,7 +5,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     spillway::logging::init();
     let result = match cli.command {
-        Command::Serve(args) => spillway::serve::run(args),
+        Command::Serve(args) => spillway::serve::run(*args),
+        Command::Recover(args) => spillway::recover::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

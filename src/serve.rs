@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::chunk::spiller::SpillConfig;
 use crate::cli::ServeArgs;
 use crate::device::Device;
 use crate::io::faulty::FaultyFs;
@@ -43,7 +44,7 @@ pub fn export_dir_name(name: &str) -> String {
     }
 }
 
-fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
+async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
     if args.size == Some(0) {
         bail!("--size must be greater than zero");
     }
@@ -67,6 +68,14 @@ fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
             (Device::Memory(MemoryVolume::new(size)), format!("spillway RAM volume {name:?} (not persistent)"))
         } else {
             let dir = args.data_dir.join("volumes").join(export_dir_name(&name));
+            let dir_name = export_dir_name(&name);
+            let backend = crate::backend::for_volume(
+                args.backend.backend.as_deref(),
+                args.backend.s3_endpoint.as_deref(),
+                &dir,
+                &dir_name,
+            )
+            .with_context(|| format!("opening the backend of volume {name:?}"))?;
             let cfg = VolumeConfig {
                 size: args.size,
                 durability: args.durability,
@@ -75,9 +84,22 @@ fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
                 segment_bytes: args.wal_segment_size,
                 max_dirty_bytes: usize::try_from(args.max_dirty).unwrap_or(usize::MAX),
                 recovery: args.recovery_mode,
+                max_wal_segments: usize::try_from(args.max_wal / args.wal_segment_size.max(1)).unwrap_or(usize::MAX),
+                cache_bytes: usize::try_from(args.cache_bytes).unwrap_or(usize::MAX),
+                readahead_frames: args.readahead,
+                flush_target: args.flush_target,
+                spill: SpillConfig {
+                    codec: args.codec,
+                    chunk_bytes: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
+                    spill_age: args.spill_age,
+                    compact_below: args.compact_below,
+                    upload_parallel: args.upload_parallel,
+                    ..SpillConfig::default()
+                },
                 ..VolumeConfig::default()
             };
-            let v = Volume::open(Arc::clone(&fs), &dir, cfg)
+            let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)
+                .await
                 .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;
             (Device::Durable(v), format!("spillway volume {name:?} ({} durability)", args.durability.name()))
         };
@@ -88,7 +110,7 @@ fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
 
 /// Hold an exclusive lock on the data directory for the life of the process: two servers
 /// writing one WAL would destroy it.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = dir.join("LOCK");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -113,7 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("Use it only for scratch volumes and benchmarks.");
         warn!("**********************************************************************");
     }
-    let server = Server::new(exports(&args)?, ServerConfig::default())?;
+    let server = Server::new(exports(&args).await?, ServerConfig::default())?;
     for e in server.exports() {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");
     }

@@ -1,4 +1,5 @@
-//! `Volume`: a durable block device, composed of the block index, the arena and the WAL.
+//! `Volume`: a durable block device, composed of the block index, the arena, the WAL and
+//! the chunk objects the spiller moves the WAL into.
 //!
 //! Write: split into blocks; partial blocks are read, modified and written whole under a
 //! per-block lock; the data is copied once into the arena, the index marks the blocks Hot
@@ -15,10 +16,16 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::backend::{BackendError, DynBackend};
+use crate::chunk::rebuild::{apply_manifest, clean_orphans};
+use crate::chunk::set::ChunkSet;
+use crate::chunk::spiller::{SpillConfig, SpillStart, Spiller};
+use crate::chunk::store::ChunkStore;
+use crate::chunk::ChunkError;
 use crate::error::VolumeError;
 use crate::io::FileSystem;
 use crate::store::arena::{Arena, SlotId};
-use crate::store::index::{BlockState, Entry, Index};
+use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::volume_meta::{VolumeMeta, META_FILE};
 use crate::wal::record::BLOCK_SIZE;
 use crate::wal::replay::replay;
@@ -54,7 +61,31 @@ pub struct VolumeConfig {
     pub index_shards: usize,
     /// Default: tolerate a torn tail only.
     pub recovery: RecoveryMode,
+    /// Most WAL segment files; past it, writes wait for the spill. Default: 32 (1 GiB).
+    pub max_wal_segments: usize,
+    /// Memory for decompressed chunk frames. Default: 64 MiB.
+    pub cache_bytes: usize,
+    /// Frames fetched ahead of a sequential read (0: off). Default: 2.
+    pub readahead_frames: u32,
+    /// Where a FLUSH or FUA reply lands. Default: local.
+    pub flush_target: FlushTarget,
+    /// The spill to chunks.
+    pub spill: SpillConfig,
 }
+
+/// Where a FLUSH (or FUA) reply means the data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlushTarget {
+    /// Durable in the local WAL; the backend catches up in the background.
+    Local,
+    /// In a chunk on the backend (the reply waits for the upload).
+    Backend,
+}
+
+/// Name of the local copy of the newest manifest, in the volume directory.
+pub const MANIFEST_FILE: &str = "manifest";
+/// Backend key of the volume's identity and size.
+pub const BACKEND_META_KEY: &str = "volume.meta";
 
 pub const DEFAULT_SIZE: u64 = 1 << 30;
 
@@ -70,6 +101,11 @@ impl Default for VolumeConfig {
             max_dirty_bytes: 128 << 20,
             index_shards: 16,
             recovery: RecoveryMode::TolerateTail,
+            max_wal_segments: 32,
+            cache_bytes: 64 << 20,
+            readahead_frames: 2,
+            flush_target: FlushTarget::Local,
+            spill: SpillConfig::default(),
         }
     }
 }
@@ -100,6 +136,15 @@ impl VolumeConfig {
         if self.sync_bytes == 0 || self.sync_interval.is_zero() {
             return bad("sync_bytes and sync_interval must be greater than zero".into());
         }
+        if self.max_wal_segments < 3 {
+            return bad(format!("max_wal_segments {} must be at least 3", self.max_wal_segments));
+        }
+        if self.spill.chunk_bytes < BLOCK_SIZE || self.spill.chunk_bytes > 64 << 20 {
+            return bad(format!("chunk size {} must be between 4 KiB and 64 MiB", self.spill.chunk_bytes));
+        }
+        if !(0.0..1.0).contains(&self.spill.compact_below) {
+            return bad(format!("compaction threshold {} must be in [0, 1)", self.spill.compact_below));
+        }
         if self.size == Some(0) || self.size.is_some_and(|s| s % 512 != 0) {
             return bad("the size must be a positive multiple of 512 bytes".into());
         }
@@ -114,48 +159,122 @@ pub struct Volume {
     index: Arc<Index>,
     arena: Arc<Arena>,
     stripes: Box<[Mutex<()>]>,
-    next_seq: AtomicU64,
+    next_seq: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
+    chunks: Arc<ChunkStore>,
+    spiller: Arc<Spiller>,
+    flush_target: FlushTarget,
+    readahead: u32,
+    /// Last block read, for sequential readahead.
+    last_read: AtomicU64,
 }
 
 /// Where one block's bytes come from for a read.
 enum Src {
     Copied,
     Wal { segment: u64, offset: u64 },
+    Chunk(Loc),
+}
+
+/// Why staging a write must step back: a partial block's old bytes are in a chunk frame
+/// that is not cached. The caller fetches it, without locks held, and tries again.
+enum Stage {
+    Fetch(Loc),
+    Failed(VolumeError),
+}
+
+impl From<VolumeError> for Stage {
+    fn from(e: VolumeError) -> Self {
+        Stage::Failed(e)
+    }
 }
 
 impl Volume {
-    /// Open (or create) the volume in `dir`, replaying its WAL.
-    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, cfg: VolumeConfig) -> Result<Self, VolumeError> {
+    /// Open (or create) the volume in `dir` with its chunks on `backend`: load the
+    /// manifest, replay the WAL after it, and start the WAL writer and the spiller.
+    pub async fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        backend: DynBackend,
+        cfg: VolumeConfig,
+    ) -> Result<Self, VolumeError> {
         cfg.validate()?;
         let wal_dir = dir.join("wal");
         fs.create_dir_all(&wal_dir).map_err(|e| VolumeError::io(format!("creating {}", wal_dir.display()), e))?;
         let meta = load_or_create_meta(&*fs, dir, cfg.size)?;
+        check_backend_meta(&backend, &meta).await?;
         let index = Arc::new(Index::new(cfg.index_shards));
-        let replayed = replay(&*fs, &wal_dir, meta.volume_id, cfg.recovery, &index)?;
+        let store = Arc::new(ChunkStore::new(backend, ChunkSet::new(1), cfg.cache_bytes, meta.volume_id));
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest = match fs
+            .read_file(&manifest_path)
+            .map_err(|e| VolumeError::io(format!("reading {}", manifest_path.display()), e))?
+        {
+            Some(bytes) => {
+                let m = crate::chunk::manifest::Manifest::decode(&bytes).map_err(|e| {
+                    VolumeError::Config(format!(
+                        "{} is damaged ({e}); run `spillway recover` to rebuild it from the backend",
+                        manifest_path.display()
+                    ))
+                })?;
+                if m.volume_id != meta.volume_id {
+                    return Err(VolumeError::Config(format!("{} belongs to another volume", manifest_path.display())));
+                }
+                apply_manifest(&m, &index, &store.set)?;
+                Some(m)
+            }
+            None => None,
+        };
+        clean_orphans(&store).await?;
+        let from = manifest.as_ref().map_or((0, 0), |m| m.replay_from);
+        let replayed = replay(&*fs, &wal_dir, meta.volume_id, cfg.recovery, &index, from)?;
+        for chunk in &replayed.replaced {
+            store.set.drop_live(*chunk);
+        }
+        let next_seq = Arc::new(AtomicU64::new(replayed.next_seq.max(manifest.as_ref().map_or(1, |m| m.next_seq))));
         let arena = Arc::new(Arena::new(cfg.max_dirty_bytes));
         let dirty = Arc::new(Semaphore::new(arena.capacity_bytes()));
         let shared = Shared::new(Arc::clone(&index), Arc::clone(&arena), dirty, 0);
         // Moved, not cloned: the writer recycles a segment only when no one else holds it.
         shared.segments.write().extend(replayed.segments.into_iter().map(|s| (s.id, s)));
+        shared.set_recyclable_before(from.0);
         let wal_cfg = WalConfig {
             dir: wal_dir,
             segment_bytes: cfg.segment_bytes,
             align: cfg.wal_align,
             policy: SyncPolicy { durability: cfg.durability, interval: cfg.sync_interval, bytes: cfg.sync_bytes },
             volume_id: meta.volume_id,
+            max_segments: cfg.max_wal_segments,
         };
-        let writer =
-            Writer::start(Arc::clone(&shared), fs, wal_cfg, replayed.last, replayed.free_slots, replayed.next_slot)?;
+        let writer = Writer::start(
+            Arc::clone(&shared),
+            Arc::clone(&fs),
+            wal_cfg,
+            replayed.last,
+            replayed.free_slots,
+            replayed.next_slot,
+        )?;
         let handle = std::thread::Builder::new()
             .name("spillway-wal".into())
             .spawn(move || writer.run())
             .map_err(|e| VolumeError::io("starting the WAL writer thread", e))?;
+        let spiller = Spiller::start(
+            Arc::clone(&shared),
+            Arc::clone(&store),
+            fs,
+            manifest_path,
+            cfg.spill.clone(),
+            Arc::clone(&next_seq),
+            cfg.max_wal_segments,
+            SpillStart { pos: from, generation: manifest.as_ref().map_or(0, |m| m.generation) },
+        );
         info!(
             dir = %dir.display(),
             size = meta.size,
             blocks = index.len(),
+            chunks = store.set.len(),
+            backend = %store.backend.describe(),
             durability = cfg.durability.name(),
             "volume opened"
         );
@@ -166,17 +285,32 @@ impl Volume {
             index,
             arena,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            next_seq: AtomicU64::new(replayed.next_seq),
+            next_seq,
             writer: Mutex::new(Some(handle)),
             dir: dir.to_owned(),
+            chunks: store,
+            spiller,
+            flush_target: cfg.flush_target,
+            readahead: cfg.readahead_frames,
+            last_read: AtomicU64::new(u64::MAX),
         })
+    }
+
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    /// Entries in the block index (for measurements).
+    pub fn index_len(&self) -> usize {
+        self.index.len()
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Sync what is written and stop the writer. Later requests fail.
+    /// Sync what is written, stop the writer, spill everything to the backend and write
+    /// the manifest. Later requests fail.
     pub async fn close(&self) -> Result<(), VolumeError> {
         self.shared.close();
         let handle = self.writer.lock().take();
@@ -189,7 +323,14 @@ impl Volume {
         if self.shared.is_poisoned() {
             return Err(WalError::Poisoned.into());
         }
+        self.spiller.drain().await?;
         Ok(())
+    }
+
+    /// Spill everything synced so far to the backend and wait for it.
+    pub async fn spill_now(&self) -> Result<(), VolumeError> {
+        let target = self.shared.durable_pos();
+        Ok(self.spiller.spill_through(target).await?)
     }
 
     /// Syncs made and other counters are visible through the file-system seam; this is
@@ -223,22 +364,73 @@ impl Volume {
         ids.into_iter().map(|i| self.stripes[i].lock()).collect()
     }
 
-    /// Copy a block's current bytes into `out` (a whole block), wherever they are.
-    fn read_block(&self, block: u64, out: &mut [u8]) -> Result<(), VolumeError> {
+    /// Copy a block's current bytes into `out` (a whole block) from memory, the WAL or a
+    /// cached frame; `Some(loc)` when they are in a chunk frame that is not cached.
+    fn read_block(&self, block: u64, out: &mut [u8]) -> Result<Option<Loc>, VolumeError> {
         loop {
             match self.locate(block, 0, out)? {
+                Src::Copied => return Ok(None),
+                Src::Wal { segment, offset } => {
+                    if self.read_wal(segment, offset, out)? {
+                        return Ok(None);
+                    }
+                }
+                Src::Chunk(loc) => {
+                    let Some(frame) = self.chunks.cache.get(loc) else { return Ok(Some(loc)) };
+                    out.copy_from_slice(frame_block(&frame, loc, 0, out.len())?);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Copy part of a block (from `at` inside it) into `out`, wherever it is, fetching a
+    /// chunk frame if need be. A chunk compacted away meanwhile means: look again.
+    async fn read_piece(&self, block: u64, at: usize, out: &mut [u8]) -> Result<(), VolumeError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.locate(block, at, out)? {
                 Src::Copied => return Ok(()),
                 Src::Wal { segment, offset } => {
                     if self.read_wal(segment, offset, out)? {
                         return Ok(());
                     }
                 }
+                Src::Chunk(loc) => match self.chunks.frame(loc).await {
+                    Ok(frame) => {
+                        out.copy_from_slice(frame_block(&frame, loc, at, out.len())?);
+                        self.readahead(block, loc);
+                        return Ok(());
+                    }
+                    Err(ChunkError::Unknown(_) | ChunkError::Backend(BackendError::NotFound { .. }))
+                        if attempts < 100 =>
+                    {
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             }
         }
     }
 
+    /// On a sequential read, fetch the next frames of the chunk ahead of time.
+    fn readahead(&self, block: u64, loc: Loc) {
+        let prev = self.last_read.swap(block, Ordering::Relaxed);
+        if self.readahead == 0 || prev.wrapping_add(1) != block {
+            return;
+        }
+        for f in 1..=self.readahead {
+            self.chunks_arc().prefetch(loc.chunk, loc.frame + f);
+        }
+    }
+
+    fn chunks_arc(&self) -> &Arc<ChunkStore> {
+        &self.chunks
+    }
+
     /// Fill `out` from memory if the block is in memory or empty; else say where in the WAL
-    /// its bytes are. `at` is the offset inside the block where `out` starts.
+    /// or in which chunk its bytes are. `at` is the offset inside the block where `out` starts.
     fn locate(&self, block: u64, at: usize, out: &mut [u8]) -> Result<Src, VolumeError> {
         Ok(self.index.with_entry(block, |e| match e.map(|e| e.state) {
             None | Some(BlockState::Empty { .. }) => {
@@ -250,6 +442,7 @@ impl Volume {
                 Src::Copied
             }
             Some(BlockState::Pending { segment, offset }) => Src::Wal { segment, offset: offset + at as u64 },
+            Some(BlockState::Persisted(loc)) => Src::Chunk(loc),
         }))
     }
 
@@ -266,10 +459,23 @@ impl Volume {
 
     /// Stage a write under the block locks: arena copy, index update, WAL queue. Returns
     /// the log sequence number of the last record.
-    fn stage_write(&self, offset: u64, data: &[u8], fua: bool) -> Result<u64, VolumeError> {
+    fn stage_write(&self, offset: u64, data: &[u8], fua: bool) -> Result<u64, Stage> {
         let first = offset / BS;
-        let last = (offset + data.len() as u64 - 1) / BS;
+        let end = offset + data.len() as u64;
+        let last = (end - 1) / BS;
         let _locks = self.lock_blocks(first, last - first + 1);
+        // The old bytes of partial blocks at either edge, read before anything is staged.
+        let mut edges: Vec<(u64, [u8; BLOCK_SIZE])> = Vec::new();
+        for b in [first, last] {
+            let partial = offset > b * BS || end < (b + 1) * BS;
+            if partial && edges.iter().all(|e| e.0 != b) {
+                let mut whole = [0u8; BLOCK_SIZE];
+                if let Some(loc) = self.read_block(b, &mut whole)? {
+                    return Err(Stage::Fetch(loc));
+                }
+                edges.push((b, whole));
+            }
+        }
         let mut lsn = 0;
         let mut run = first;
         while run <= last {
@@ -281,7 +487,7 @@ impl Volume {
                     Ok(s) => s,
                     Err(e) => {
                         self.unstage(&slots);
-                        return Err(VolumeError::io("block arena", std::io::Error::other(e)));
+                        return Err(VolumeError::io("block arena", std::io::Error::other(e)).into());
                     }
                 };
                 let block_start = b * BS;
@@ -291,22 +497,19 @@ impl Volume {
                 let at = (lo - block_start) as usize;
                 let mut whole = [0u8; BLOCK_SIZE];
                 if piece.len() < BLOCK_SIZE {
-                    if let Err(e) = self.read_block(b, &mut whole) {
-                        self.unstage(&[slot]);
-                        self.unstage(&slots);
-                        return Err(e);
+                    if let Some(e) = edges.iter().find(|e| e.0 == b) {
+                        whole = e.1;
                     }
                 }
                 whole[at..at + piece.len()].copy_from_slice(piece);
                 self.arena.write(slot, |d| d.copy_from_slice(&whole));
                 slots.push(slot);
             }
-            let mut supersedes = Vec::new();
             for (k, &slot) in slots.iter().enumerate() {
                 let old = self.index.set(run + k as u64, Some(Entry { seq, state: BlockState::Hot(slot) }));
-                self.replaced(old, &mut supersedes);
+                self.replaced(old);
             }
-            lsn = self.shared.submit(Op::Data { seq, block: run, slots }, supersedes, fua)?;
+            lsn = self.shared.submit(Op::Data { seq, block: run, slots }, fua).map_err(VolumeError::from)?;
             run += n;
         }
         Ok(lsn)
@@ -320,11 +523,11 @@ impl Volume {
         }
     }
 
-    /// An index entry was replaced: release its slot, or note the segment it pointed into.
-    fn replaced(&self, old: Option<Entry>, supersedes: &mut Vec<u64>) {
+    /// An index entry was replaced: release its slot, or count a chunk's block as dead.
+    fn replaced(&self, old: Option<Entry>) {
         match old.map(|e| e.state) {
             Some(BlockState::Hot(slot)) => self.arena.release(slot),
-            Some(BlockState::Pending { segment, .. }) => supersedes.push(segment),
+            Some(BlockState::Persisted(loc)) => self.chunks.set.drop_live(loc.chunk),
             _ => {}
         }
     }
@@ -338,11 +541,10 @@ impl Volume {
         while block < end {
             let n = (end - block).min(u64::from(u32::MAX));
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let mut supersedes = Vec::new();
             for old in self.index.zero_range(block, n, keep_allocated, seq) {
-                self.replaced(Some(old), &mut supersedes);
+                self.replaced(Some(old));
             }
-            lsn = self.shared.submit(Op::Zero { seq, block, count: n as u32, keep_allocated }, supersedes, fua)?;
+            lsn = self.shared.submit(Op::Zero { seq, block, count: n as u32, keep_allocated }, fua)?;
             block += n;
         }
         Ok(lsn)
@@ -357,6 +559,9 @@ impl Volume {
         };
         if wait {
             self.shared.wait_durable(lsn).await?;
+        }
+        if fua && self.flush_target == FlushTarget::Backend {
+            self.spill_now().await?;
         }
         Ok(())
     }
@@ -414,6 +619,40 @@ fn load_or_create_meta(fs: &dyn FileSystem, dir: &Path, size: Option<u64>) -> Re
     }
 }
 
+/// The bytes of a block inside a decompressed frame.
+fn frame_block(frame: &[u8], loc: Loc, at: usize, len: usize) -> Result<&[u8], VolumeError> {
+    let start = loc.idx as usize * BLOCK_SIZE + at;
+    frame.get(start..start + len).ok_or_else(|| {
+        ChunkError::Damaged { chunk: loc.chunk, frame: loc.frame, detail: format!("no block {} in the frame", loc.idx) }
+            .into()
+    })
+}
+
+/// The backend holds the volume's identity: refuse a backend that holds another volume,
+/// and record ours on a new one.
+async fn check_backend_meta(backend: &DynBackend, meta: &VolumeMeta) -> Result<(), VolumeError> {
+    match backend.get(BACKEND_META_KEY).await {
+        Ok(bytes) => {
+            let theirs = VolumeMeta::decode(&bytes).map_err(|e| VolumeError::Meta {
+                path: PathBuf::from(format!("{}/{BACKEND_META_KEY}", backend.describe())),
+                source: e,
+            })?;
+            if theirs.volume_id != meta.volume_id || theirs.size != meta.size {
+                return Err(VolumeError::Config(format!(
+                    "the backend {} holds another volume (or one of another size); \
+                     use `spillway recover` to rebuild this data directory from it",
+                    backend.describe()
+                )));
+            }
+            Ok(())
+        }
+        Err(BackendError::NotFound { .. }) => {
+            Ok(backend.put(BACKEND_META_KEY, bytes::Bytes::from(meta.encode().to_vec())).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn random_id() -> Result<[u8; 16], VolumeError> {
     let mut id = [0u8; 16];
     std::fs::File::open("/dev/urandom")
@@ -441,22 +680,24 @@ impl BlockDevice for Volume {
             let at = (pos % BS) as usize;
             let n = (BS - pos % BS).min(end - pos) as usize;
             let src = self.locate(block, at, &mut buf[done..done + n])?;
-            if let Src::Wal { segment, offset: file_off } = src {
-                match &mut run {
+            match src {
+                Src::Wal { segment, offset: file_off } => match &mut run {
                     Some((s, o, _, l)) if *s == segment && *o + *l as u64 == file_off => *l += n,
                     _ => {
                         if let Some((s, o, b, l)) = run.take() {
-                            self.read_run(s, o, b, &mut buf[b..b + l], offset)?;
+                            self.read_run(s, o, b, &mut buf[b..b + l], offset).await?;
                         }
                         run = Some((segment, file_off, done, n));
                     }
-                }
+                },
+                Src::Chunk(_) => self.read_piece(block, at, &mut buf[done..done + n]).await?,
+                Src::Copied => {}
             }
             done += n;
             pos += n as u64;
         }
         if let Some((s, o, b, l)) = run {
-            self.read_run(s, o, b, &mut buf[b..b + l], offset)?;
+            self.read_run(s, o, b, &mut buf[b..b + l], offset).await?;
         }
         Ok(())
     }
@@ -471,12 +712,24 @@ impl BlockDevice for Volume {
         let bytes = (blocks * BS) as u32;
         // The dirty-memory bound: wait here, before any lock is taken.
         self.shared.dirty.acquire_many(bytes).await.map_err(|_| WalError::Closed)?.forget();
-        match self.stage_write(offset, data, fua) {
-            Ok(lsn) => self.settle(lsn, fua).await,
-            Err(e) => {
-                self.shared.dirty.add_permits(bytes as usize);
-                Err(e)
-            }
+        let mut fetches = 0;
+        loop {
+            let err = match self.stage_write(offset, data, fua) {
+                Ok(lsn) => return self.settle(lsn, fua).await,
+                Err(Stage::Fetch(loc)) if fetches < 100 => {
+                    fetches += 1;
+                    match self.chunks.frame(loc).await {
+                        Ok(_) | Err(ChunkError::Unknown(_) | ChunkError::Backend(BackendError::NotFound { .. })) => {
+                            continue
+                        }
+                        Err(e) => e.into(),
+                    }
+                }
+                Err(Stage::Fetch(loc)) => ChunkError::Other(format!("chunk {:016x} keeps moving", loc.chunk)).into(),
+                Err(Stage::Failed(e)) => e,
+            };
+            self.shared.dirty.add_permits(bytes as usize);
+            return Err(err);
         }
     }
 
@@ -485,8 +738,12 @@ impl BlockDevice for Volume {
             return Ok(());
         }
         self.check_writable()?;
-        let lsn = self.shared.submit(Op::Sync, Vec::new(), true)?;
-        Ok(self.shared.wait_durable(lsn).await?)
+        let lsn = self.shared.submit(Op::Sync, true)?;
+        self.shared.wait_durable(lsn).await?;
+        if self.flush_target == FlushTarget::Backend {
+            self.spill_now().await?;
+        }
+        Ok(())
     }
 
     /// Whole blocks become empty (a tombstone); partial blocks at the edges are left alone,
@@ -525,7 +782,7 @@ impl BlockDevice for Volume {
 impl Volume {
     /// Read a run of WAL bytes into `out`; if its segment was recycled meanwhile, fall back
     /// to reading each block afresh.
-    fn read_run(
+    async fn read_run(
         &self,
         segment: u64,
         file_off: u64,
@@ -543,9 +800,7 @@ impl Volume {
             let block = pos / BS;
             let at = (pos % BS) as usize;
             let n = (BLOCK_SIZE - at).min(out.len() - done);
-            let mut whole = [0u8; BLOCK_SIZE];
-            self.read_block(block, &mut whole)?;
-            out[done..done + n].copy_from_slice(&whole[at..at + n]);
+            self.read_piece(block, at, &mut out[done..done + n]).await?;
             done += n;
             pos += n as u64;
         }

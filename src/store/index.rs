@@ -2,11 +2,7 @@
 //! locks. Lookups and updates are O(1) and happen in place on every write; nothing is
 //! rebuilt on a read.
 //!
-//! It also counts, per WAL segment, how many entries point into it (`Pending`), which is
-//! what decides when a segment can be recycled.
-
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -23,6 +19,16 @@ pub enum BlockState {
     Hot(SlotId),
     /// In the WAL: segment id and the offset of the block's bytes in that segment.
     Pending { segment: u64, offset: u64 },
+    /// In a chunk object: chunk id, frame, and the block's place in the frame.
+    Persisted(Loc),
+}
+
+/// Where a persisted block lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub chunk: u64,
+    pub frame: u32,
+    pub idx: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +41,11 @@ type Shard = RwLock<HashMap<u64, Entry, BuildBlockHasher>>;
 
 pub struct Index {
     shards: Box<[Shard]>,
-    live: RwLock<HashMap<u64, AtomicI64>>,
 }
 
 impl Index {
     pub fn new(shards: usize) -> Self {
-        Self {
-            shards: (0..shards.max(1)).map(|_| RwLock::new(HashMap::default())).collect(),
-            live: RwLock::new(HashMap::new()),
-        }
+        Self { shards: (0..shards.max(1)).map(|_| RwLock::new(HashMap::default())).collect() }
     }
 
     fn shard(&self, block: u64) -> &Shard {
@@ -62,20 +64,73 @@ impl Index {
         f(self.shard(block).read().get(&block))
     }
 
-    /// Replace a block's entry (`None`: plain empty). Returns the previous entry. The
-    /// caller deals with what the previous entry held (a slot to release, a segment whose
-    /// count drops once the replacement is durable): see [`Index::segment_released`].
+    /// Replace a block's entry (`None`: plain empty). Returns the previous entry; the
+    /// caller deals with what it held (an arena slot, a chunk's live count).
     pub fn set(&self, block: u64, entry: Option<Entry>) -> Option<Entry> {
         let mut shard = self.shard(block).write();
         match entry {
-            Some(e) => {
-                if let BlockState::Pending { segment, .. } = e.state {
-                    self.add_live(segment, 1);
-                }
-                shard.insert(block, e)
-            }
+            Some(e) => shard.insert(block, e),
             None => shard.remove(&block),
         }
+    }
+
+    /// The spiller put a block into a chunk: if the entry still is that WAL copy, it now
+    /// points into the chunk.
+    pub fn persist(&self, block: u64, seq: u64, segment: u64, offset: u64, loc: Loc) -> bool {
+        let mut shard = self.shard(block).write();
+        match shard.get_mut(&block) {
+            Some(e) if e.seq == seq && e.state == (BlockState::Pending { segment, offset }) => {
+                e.state = BlockState::Persisted(loc);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Compaction copied a block to a new place: move the entry if it is still at `from`.
+    pub fn relocate(&self, block: u64, from: Loc, to: Loc) -> bool {
+        let mut shard = self.shard(block).write();
+        match shard.get_mut(&block) {
+            Some(e) if e.state == BlockState::Persisted(from) => {
+                e.state = BlockState::Persisted(to);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every entry, shard by shard, filtered by `keep` (for checkpoints and compaction).
+    pub fn collect(&self, mut keep: impl FnMut(u64, &Entry) -> bool) -> Vec<(u64, Entry)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.read().iter().filter(|(b, e)| keep(**b, e)).map(|(b, e)| (*b, *e)));
+        }
+        out
+    }
+
+    /// Drop entries in `first..first+count` older than `seq` (a tombstone met in rebuild).
+    pub fn tombstone(&self, first: u64, count: u64, seq: u64, keep_allocated: bool) -> Vec<Entry> {
+        let end = first.saturating_add(count);
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut s = shard.write();
+            let hit: Vec<u64> =
+                s.iter().filter(|(b, e)| **b >= first && **b < end && e.seq < seq).map(|(b, _)| *b).collect();
+            for b in hit {
+                if let Some(old) = s.remove(&b) {
+                    out.push(old);
+                }
+            }
+        }
+        if keep_allocated {
+            for b in first..end {
+                let mut shard = self.shard(b).write();
+                if shard.get(&b).is_none_or(|e| e.seq < seq) {
+                    shard.insert(b, Entry { seq, state: BlockState::Empty { allocated: true } });
+                }
+            }
+        }
+        out
     }
 
     /// The WAL writer wrote a block's record: if the entry still holds that sequence
@@ -86,33 +141,10 @@ impl Index {
         match e.state {
             BlockState::Hot(slot) if e.seq == seq => {
                 e.state = BlockState::Pending { segment, offset };
-                self.add_live(segment, 1);
                 Some(slot)
             }
             _ => None,
         }
-    }
-
-    /// An entry that pointed into `segment` was replaced, and the replacement is durable.
-    pub fn segment_released(&self, segment: u64) {
-        self.add_live(segment, -1);
-    }
-
-    fn add_live(&self, segment: u64, n: i64) {
-        if let Some(c) = self.live.read().get(&segment) {
-            c.fetch_add(n, Ordering::AcqRel);
-            return;
-        }
-        self.live.write().entry(segment).or_insert_with(|| AtomicI64::new(0)).fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// Entries still pointing into `segment`, counting only durable replacements.
-    pub fn live(&self, segment: u64) -> i64 {
-        self.live.read().get(&segment).map_or(0, |c| c.load(Ordering::Acquire))
-    }
-
-    pub fn forget_segment(&self, segment: u64) {
-        self.live.write().remove(&segment);
     }
 
     /// Remove every plain-empty-able entry in `first..first+count` in one pass per shard,
@@ -165,11 +197,16 @@ mod tests {
         assert_eq!(ix.settle(5, 2, 9, 4096), None, "stale sequence number");
         assert_eq!(ix.settle(5, 1, 9, 4096), Some(slot));
         assert_eq!(ix.get(5).unwrap().state, BlockState::Pending { segment: 9, offset: 4096 });
-        assert_eq!(ix.live(9), 1);
-        ix.set(5, None);
-        assert_eq!(ix.live(9), 1, "the count drops only when the replacement is durable");
-        ix.segment_released(9);
-        assert_eq!(ix.live(9), 0);
+        let loc = Loc { chunk: 1, frame: 0, idx: 3 };
+        assert!(!ix.persist(5, 2, 9, 4096, loc), "stale sequence number");
+        assert!(!ix.persist(5, 1, 9, 8192, loc), "another WAL copy");
+        assert!(ix.persist(5, 1, 9, 4096, loc));
+        let to = Loc { chunk: 2, frame: 1, idx: 0 };
+        assert!(ix.relocate(5, loc, to));
+        assert!(!ix.relocate(5, loc, to), "already moved");
+        assert_eq!(ix.get(5).unwrap().state, BlockState::Persisted(to));
+        assert_eq!(ix.tombstone(0, 10, 1, false).len(), 0, "older tombstones lose");
+        assert_eq!(ix.tombstone(0, 10, 2, false).len(), 1);
         for b in 0..100 {
             ix.set(b, Some(Entry { seq: b, state: BlockState::Empty { allocated: true } }));
         }

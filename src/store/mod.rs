@@ -2,5 +2,6 @@
 //! block data not yet in the WAL.
 
 pub mod arena;
+pub mod cache;
 pub mod hash;
 pub mod index;

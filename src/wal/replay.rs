@@ -32,6 +32,8 @@ pub struct Replayed {
     pub records: u64,
     /// Bytes of torn or damaged records dropped.
     pub dropped_bytes: u64,
+    /// Chunks of persisted entries the log replaced, one per entry (live counts drop).
+    pub replaced: Vec<u64>,
 }
 
 struct Found {
@@ -41,12 +43,15 @@ struct Found {
     path: PathBuf,
 }
 
+/// Replay the log from position `from` (segment, offset): what lies before it is already in
+/// chunks, as the checkpoint that named `from` says; older segments are free slots.
 pub fn replay(
     fs: &dyn FileSystem,
     dir: &Path,
     volume_id: [u8; 16],
     mode: RecoveryMode,
     index: &Index,
+    from: (u64, u64),
 ) -> Result<Replayed, WalError> {
     let mut found = Vec::new();
     let mut free_slots = Vec::new();
@@ -68,6 +73,7 @@ pub fn replay(
         };
         match header {
             Ok(h) if h.volume_id != volume_id => return Err(WalError::ForeignSegment { path }),
+            Ok(h) if h.id < from.0 => free_slots.push((name, file)),
             Ok(header) => found.push(Found { header, slot: name, file, path }),
             Err(e) => {
                 // Headers are synced before a segment takes records, so a bad header is a
@@ -79,14 +85,19 @@ pub fn replay(
     }
     found.sort_by_key(|f| f.header.id);
 
+    if from.0 > 0 && found.first().is_none_or(|f| f.header.id != from.0) {
+        let detail = format!("the checkpoint resumes the log at segment {} but it is missing", from.0);
+        damage(mode, dir, &detail)?;
+    }
     let mut out = Replayed {
         segments: Vec::new(),
         free_slots,
-        last: (0, 0),
+        last: from,
         next_seq: 1,
         next_slot,
         records: 0,
         dropped_bytes: 0,
+        replaced: Vec::new(),
     };
     for i in 0..found.len() {
         let f = &found[i];
@@ -102,9 +113,10 @@ pub fn replay(
         }
         // Where this segment's records must end, if a later segment says so.
         let bound = next.filter(|n| n.header.prev_id == f.header.id).map(|n| n.header.prev_end);
-        let end = scan_segment(f, bound, mode, index, &mut out)?;
+        let skip_to = if f.header.id == from.0 { from.1 } else { 0 };
+        let end = scan_segment(f, bound, skip_to, mode, index, &mut out)?;
         out.last = (f.header.id, end);
-        out.segments.push(Arc::new(Segment { id: f.header.id, slot: f.slot.clone(), file: Arc::clone(&f.file) }));
+        out.segments.push(Arc::new(Segment::new(f.header.id, f.slot.clone(), Arc::clone(&f.file), end)));
     }
     if out.records > 0 || out.dropped_bytes > 0 {
         info!(
@@ -168,6 +180,7 @@ fn torn_len(img: &[u8], at: usize, segment: u64) -> Option<u64> {
 fn scan_segment(
     f: &Found,
     bound: Option<u64>,
+    skip_to: u64,
     mode: RecoveryMode,
     index: &Index,
     out: &mut Replayed,
@@ -184,7 +197,10 @@ fn scan_segment(
     let mut pos = 0usize;
     while pos < img.len() {
         if let Some(r) = record_at(&img, pos, id) {
-            apply(index, &r.header, id, DATA_START + r.at as u64, out);
+            let at = DATA_START + r.at as u64;
+            if at >= skip_to {
+                apply(index, &r.header, id, at, out);
+            }
             pos += r.header.total_len() as usize;
             continue;
         }
@@ -243,7 +259,7 @@ fn scan_segment(
 fn apply(index: &Index, h: &RecordHeader, segment: u64, at: u64, out: &mut Replayed) {
     out.records += 1;
     out.next_seq = out.next_seq.max(h.seq + 1);
-    let released = match h.kind {
+    let replaced: Vec<Entry> = match h.kind {
         RecordKind::Data => (0..u64::from(h.count))
             .filter_map(|k| {
                 let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
@@ -253,9 +269,30 @@ fn apply(index: &Index, h: &RecordHeader, segment: u64, at: u64, out: &mut Repla
         RecordKind::Zero { keep_allocated } => index.zero_range(h.block, u64::from(h.count), keep_allocated, h.seq),
         RecordKind::Pad => Vec::new(),
     };
-    for old in released {
-        if let BlockState::Pending { segment, .. } = old.state {
-            index.segment_released(segment);
-        }
+    out.replaced.extend(replaced.into_iter().filter_map(|e| match e.state {
+        BlockState::Persisted(loc) => Some(loc.chunk),
+        _ => None,
+    }));
+}
+
+/// Bytes of a segment range, and its records with their absolute offsets.
+pub type SegmentImage = (Vec<u8>, Vec<(RecordHeader, u64)>);
+
+/// The records of one segment between two offsets, for the spiller: every record there is
+/// synced, so anything that does not check out is damage.
+pub fn records_between(seg: &Segment, from: u64, to: u64) -> Result<SegmentImage, WalError> {
+    let from = from.max(DATA_START);
+    let mut img = vec![0u8; to.saturating_sub(from) as usize];
+    seg.file.read_exact_at(&mut img, from).map_err(|e| WalError::io(format!("reading WAL segment {}", seg.slot), e))?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < img.len() {
+        let r = record_at(&img, pos, seg.id).ok_or_else(|| WalError::Corrupt {
+            path: PathBuf::from(&seg.slot),
+            detail: format!("no valid record at synced offset {}", from + pos as u64),
+        })?;
+        out.push((r.header, from + pos as u64));
+        pos += r.header.total_len() as usize;
     }
+    Ok((img, out))
 }

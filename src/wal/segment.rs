@@ -89,6 +89,21 @@ pub struct Segment {
     /// File name inside the WAL directory (stays the same across recycling).
     pub slot: String,
     pub file: Arc<dyn File>,
+    /// Where its records end once it is sealed (0 while it takes records).
+    pub sealed_end: std::sync::atomic::AtomicU64,
+}
+
+impl Segment {
+    pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64) -> Self {
+        Self { id, slot, file, sealed_end: sealed_end.into() }
+    }
+
+    pub fn sealed_end(&self) -> Option<u64> {
+        match self.sealed_end.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN};
 use super::segment::{Segment, SegmentHeader, DATA_START};
@@ -36,9 +36,6 @@ pub enum Op {
 
 pub struct Item {
     pub op: Op,
-    /// Segments of `Pending` entries this record replaced: their live counts drop once
-    /// this record is durable.
-    pub supersedes: Vec<u64>,
     /// Sync the batch holding this item (FUA).
     pub force_sync: bool,
     lsn: u64,
@@ -68,6 +65,8 @@ pub struct WalConfig {
     pub align: u64,
     pub policy: SyncPolicy,
     pub volume_id: [u8; 16],
+    /// Most segment files; past it, a roll waits for the spill to free one.
+    pub max_segments: usize,
 }
 
 /// The state shared by the volume and the writer thread.
@@ -83,6 +82,12 @@ pub struct Shared {
     /// Dirty-byte budget: the volume takes from it per block queued, the writer gives back
     /// once a block is written.
     pub dirty: Arc<Semaphore>,
+    /// WAL position (segment, offset) up to which everything is synced.
+    durable_pos: Mutex<(u64, u64)>,
+    /// Segments with a smaller id are spilled and checkpointed: free for reuse.
+    recyclable_before: AtomicU64,
+    /// Wakes the spiller when a segment is sealed.
+    pub spill_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -97,7 +102,24 @@ impl Shared {
             index,
             arena,
             dirty,
+            durable_pos: Mutex::new((0, 0)),
+            recyclable_before: AtomicU64::new(0),
+            spill_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Where the synced part of the log ends.
+    pub fn durable_pos(&self) -> (u64, u64) {
+        *self.durable_pos.lock()
+    }
+
+    /// Segments before `segment` may be reused (a durable checkpoint no longer needs them).
+    pub fn set_recyclable_before(&self, segment: u64) {
+        self.recyclable_before.fetch_max(segment, Ordering::AcqRel);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().closing
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -105,7 +127,7 @@ impl Shared {
     }
 
     /// Queue an item; returns its log sequence number, for [`Shared::wait_durable`].
-    pub fn submit(&self, op: Op, supersedes: Vec<u64>, force_sync: bool) -> Result<u64, WalError> {
+    pub fn submit(&self, op: Op, force_sync: bool) -> Result<u64, WalError> {
         if self.is_poisoned() {
             return Err(WalError::Poisoned);
         }
@@ -115,7 +137,7 @@ impl Shared {
         }
         q.next_lsn += 1;
         let lsn = q.next_lsn;
-        q.items.push(Item { op, supersedes, force_sync, lsn });
+        q.items.push(Item { op, force_sync, lsn });
         drop(q);
         self.wake.notify_one();
         Ok(lsn)
@@ -162,8 +184,6 @@ pub struct Writer {
     synced_to: u64,
     first_unsynced: Option<Instant>,
     unsynced_bytes: u64,
-    /// Segments to release once the records that superseded them are synced.
-    releases: Vec<u64>,
     /// Recycled slot files ready for reuse.
     free_slots: Vec<(String, Arc<dyn File>)>,
     next_slot: u64,
@@ -190,7 +210,7 @@ impl Writer {
         free_slots: Vec<(String, Arc<dyn File>)>,
         next_slot: u64,
     ) -> Result<Self, WalError> {
-        let placeholder = Arc::new(Segment { id: prev.0, slot: String::new(), file: dummy_file() });
+        let placeholder = Arc::new(Segment::new(prev.0, String::new(), dummy_file(), prev.1));
         let mut w = Writer {
             shared,
             fs,
@@ -200,13 +220,13 @@ impl Writer {
             synced_to: prev.1,
             first_unsynced: None,
             unsynced_bytes: 0,
-            releases: Vec::new(),
             free_slots,
             next_slot,
             buf: Vec::with_capacity(1 << 20),
             last_batch: 0,
             last_sync: Duration::ZERO,
         };
+        *w.shared.durable_pos.lock() = prev;
         w.open_next()?;
         Ok(w)
     }
@@ -372,7 +392,6 @@ impl Writer {
                     }
                 }
             }
-            self.releases.extend_from_slice(&item.supersedes);
         }
         Ok(())
     }
@@ -397,9 +416,7 @@ impl Writer {
         self.synced_to = self.off;
         self.unsynced_bytes = 0;
         self.first_unsynced = None;
-        for s in self.releases.drain(..) {
-            self.shared.index.segment_released(s);
-        }
+        *self.shared.durable_pos.lock() = (self.current.id, self.off);
         Ok(())
     }
 
@@ -421,6 +438,8 @@ impl Writer {
     /// Seal the current segment (sync it) and continue in a new one.
     fn roll(&mut self) -> Result<(), WalError> {
         self.sync()?;
+        self.current.sealed_end.store(self.off, Ordering::Release);
+        self.shared.spill_wake.notify_one();
         self.open_next()
     }
 
@@ -436,7 +455,7 @@ impl Writer {
         // header durable too: a torn header means a segment that held nothing promised.
         file.write_all_vectored_at(&[IoSlice::new(&page)], 0)
             .map_err(|e| WalError::io(what("writing header of"), e))?;
-        let seg = Arc::new(Segment { id, slot, file });
+        let seg = Arc::new(Segment::new(id, slot, file, 0));
         self.shared.segments.write().insert(id, Arc::clone(&seg));
         debug!(segment = id, slot = %seg.slot, "WAL segment opened");
         self.current = seg;
@@ -445,33 +464,32 @@ impl Writer {
         Ok(())
     }
 
-    /// A file for the next segment: the oldest segment if nothing in it is needed any more,
-    /// else a recycled slot, else a new preallocated file.
+    /// A file for the next segment: the oldest segment if a durable checkpoint no longer
+    /// needs it, else a recycled slot, else a new preallocated file. At the segment bound,
+    /// wait for the spill (writers then wait on the dirty budget, they do not fail).
     fn take_slot(&mut self) -> Result<(String, Arc<dyn File>), WalError> {
-        let oldest = self.shared.segments.read().first_key_value().map(|(&id, s)| (id, Arc::clone(s)));
-        if let Some((id, seg)) = oldest {
-            if id != self.current.id && self.shared.index.live(id) <= 0 {
-                self.shared.segments.write().remove(&id);
-                // Readers that looked the segment up just before finish first; one that
-                // takes too long keeps the segment for another round.
-                let deadline = Instant::now() + Duration::from_secs(1);
-                while Arc::strong_count(&seg) > 1 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-                match Arc::try_unwrap(seg) {
-                    Ok(s) => {
-                        self.shared.index.forget_segment(id);
-                        info!(segment = id, slot = %s.slot, "WAL segment recycled");
-                        return Ok((s.slot, s.file));
-                    }
-                    Err(seg) => {
-                        self.shared.segments.write().insert(id, seg);
-                    }
-                }
+        let mut waited = false;
+        loop {
+            if let Some(s) = self.recycle_oldest() {
+                return Ok(s);
             }
+            if let Some(s) = self.free_slots.pop() {
+                return Ok(s);
+            }
+            let open = self.shared.segments.read().len();
+            if open < self.cfg.max_segments || self.shared.is_closing() {
+                break;
+            }
+            if !waited {
+                waited = true;
+                metrics::counter!(crate::metrics::WAL_FULL_WAITS).increment(1);
+                warn!(segments = open, "WAL full: writes wait until the spill to the backend frees a segment");
+                self.shared.spill_wake.notify_one();
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if let Some(s) = self.free_slots.pop() {
-            return Ok(s);
+        if waited {
+            info!("WAL has room again");
         }
         let name = format!("wal-{:06}.seg", self.next_slot);
         self.next_slot += 1;
@@ -481,6 +499,30 @@ impl Writer {
             .map_err(|e| WalError::io(format!("preallocating {}", path.display()), e))?;
         self.fs.sync_dir(&self.cfg.dir).map_err(|e| WalError::io(format!("syncing {}", self.cfg.dir.display()), e))?;
         Ok((name, file))
+    }
+
+    fn recycle_oldest(&mut self) -> Option<(String, Arc<dyn File>)> {
+        let (id, seg) = self.shared.segments.read().first_key_value().map(|(&id, s)| (id, Arc::clone(s)))?;
+        if id == self.current.id || id >= self.shared.recyclable_before.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared.segments.write().remove(&id);
+        // Readers that looked the segment up just before finish first; one that takes too
+        // long keeps the segment for another round.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Arc::strong_count(&seg) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        match Arc::try_unwrap(seg) {
+            Ok(s) => {
+                debug!(segment = id, slot = %s.slot, "WAL segment recycled");
+                Some((s.slot, s.file))
+            }
+            Err(seg) => {
+                self.shared.segments.write().insert(id, seg);
+                None
+            }
+        }
     }
 }
 

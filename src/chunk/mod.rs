@@ -1,0 +1,33 @@
+//! Chunk objects: the format, the in-memory chunk set, the manifest, reading frames back,
+//! and the spiller that moves the WAL into chunks and compacts them.
+
+pub mod format;
+pub mod manifest;
+pub mod rebuild;
+pub mod set;
+pub mod spiller;
+pub mod store;
+
+use thiserror::Error;
+
+use crate::backend::BackendError;
+
+#[derive(Debug, Error)]
+pub enum ChunkError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("chunk {chunk:016x}: {source}")]
+    Format {
+        chunk: u64,
+        #[source]
+        source: format::ChunkFormatError,
+    },
+    #[error("chunk {chunk:016x} frame {frame} is damaged ({detail}); the blocks in it cannot be read")]
+    Damaged { chunk: u64, frame: u32, detail: String },
+    #[error("chunk {0:016x} is not known to this volume")]
+    Unknown(u64),
+    #[error("manifest: {0}")]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{0}")]
+    Other(String),
+}

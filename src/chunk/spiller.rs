@@ -1,0 +1,588 @@
+//! The spiller: moves synced WAL records into chunk objects on the backend, writes the
+//! manifest (checkpoint) that lets old segments be reused, and compacts chunks whose live
+//! blocks have fallen below a threshold. It runs as one task, off the request path;
+//! compression runs on the blocking pool.
+//!
+//! Spill: take the records between the spill position and the synced end of the log,
+//! keep the blocks whose index entry still is that WAL copy (the newest), sort them by
+//! block number, pack them into chunks with the log's tombstones, upload, and only then
+//! point the index entries (if unchanged) at the chunk.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use super::format::{self, BlockIn, ChunkHeader, Tombstone, KIND_COMPACTION, KIND_SPILL};
+use super::manifest::{manifest_key, next_place, ChunkRecord, Manifest, Run};
+use super::set::{chunk_key, ChunkMeta};
+use super::store::{meta_from_tables, ChunkStore};
+use super::ChunkError;
+use crate::backend::retry::backoff;
+use crate::codec::Compression;
+use crate::io::FileSystem;
+use crate::store::index::{BlockState, Loc};
+use crate::wal::record::{RecordKind, BLOCK_SIZE, HEADER_LEN};
+use crate::wal::replay::records_between;
+use crate::wal::segment::DATA_START;
+use crate::wal::writer::Shared;
+
+/// Tunables of the spill. Every default is stated on its field.
+#[derive(Debug, Clone)]
+pub struct SpillConfig {
+    /// Default: lz4.
+    pub codec: Compression,
+    /// Raw block bytes per chunk. Default: 4 MiB.
+    pub chunk_bytes: usize,
+    /// Synced data older than this is spilled even if its segment is not full. Default: 30 s.
+    pub spill_age: Duration,
+    /// Least time between two checkpoints, unless the WAL is filling up. Default: 5 s.
+    pub manifest_interval: Duration,
+    /// Chunks whose live fraction is below this are compacted. Default: 0.7.
+    pub compact_below: f64,
+    /// Uploads in flight at once. Default: 4.
+    pub upload_parallel: usize,
+    /// Tests of the WAL layer alone: never spill, keep everything in the log (the WAL
+    /// bound still applies). Not a user setting. Default: false.
+    pub hold_in_wal: bool,
+}
+
+impl Default for SpillConfig {
+    fn default() -> Self {
+        Self {
+            codec: Compression::Lz4,
+            chunk_bytes: 4 << 20,
+            spill_age: Duration::from_secs(30),
+            manifest_interval: Duration::from_secs(5),
+            compact_below: 0.7,
+            upload_parallel: 4,
+            hold_in_wal: false,
+        }
+    }
+}
+
+struct State {
+    /// WAL position up to which everything is in chunks.
+    pos: (u64, u64),
+    generation: u64,
+    /// Position the last durable manifest resumes replay at.
+    manifest_pos: (u64, u64),
+    last_manifest: Instant,
+    manifest_due: bool,
+    /// Chunks dropped from the set, deleted once a manifest without them is durable.
+    doomed: Vec<u64>,
+    behind_since: Option<Instant>,
+}
+
+pub struct Spiller {
+    wal: Arc<Shared>,
+    pub store: Arc<ChunkStore>,
+    fs: Arc<dyn FileSystem>,
+    manifest_path: std::path::PathBuf,
+    cfg: SpillConfig,
+    next_seq: Arc<AtomicU64>,
+    max_segments: usize,
+    state: tokio::sync::Mutex<State>,
+    spilled: watch::Sender<(u64, u64)>,
+    urgent: AtomicBool,
+    wake: Notify,
+    stopping: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Where the spill stood when the volume opened.
+pub struct SpillStart {
+    pub pos: (u64, u64),
+    pub generation: u64,
+}
+
+impl Spiller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        wal: Arc<Shared>,
+        store: Arc<ChunkStore>,
+        fs: Arc<dyn FileSystem>,
+        manifest_path: std::path::PathBuf,
+        cfg: SpillConfig,
+        next_seq: Arc<AtomicU64>,
+        max_segments: usize,
+        start: SpillStart,
+    ) -> Arc<Self> {
+        let (spilled, _) = watch::channel(start.pos);
+        let me = Arc::new(Self {
+            wal,
+            store,
+            fs,
+            manifest_path,
+            cfg,
+            next_seq,
+            max_segments,
+            state: tokio::sync::Mutex::new(State {
+                pos: start.pos,
+                generation: start.generation,
+                manifest_pos: start.pos,
+                last_manifest: Instant::now(),
+                manifest_due: false,
+                doomed: Vec::new(),
+                behind_since: None,
+            }),
+            spilled,
+            urgent: AtomicBool::new(false),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let runner = Arc::clone(&me);
+        *me.task.lock() = Some(tokio::spawn(async move { runner.run().await }));
+        me
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.wal.spill_wake.notified() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let urgent = self.urgent.swap(false, Ordering::AcqRel);
+            if self.cfg.hold_in_wal {
+                continue;
+            }
+            if let Err(e) = self.round(urgent).await {
+                error!(error = %e, "spill round failed; the data stays in the WAL and the spill tries again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Spill everything synced up to now and wait for it to reach the backend
+    /// (`--flush-target backend`).
+    pub async fn spill_through(&self, target: (u64, u64)) -> Result<(), ChunkError> {
+        let mut rx = self.spilled.subscribe();
+        self.urgent.store(true, Ordering::Release);
+        self.wake.notify_one();
+        rx.wait_for(|p| *p >= target).await.map_err(|_| ChunkError::Other("the spiller stopped".into()))?;
+        Ok(())
+    }
+
+    /// Stop the background task, spill everything and write the manifest (clean shutdown).
+    pub async fn drain(&self) -> Result<(), ChunkError> {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        if self.cfg.hold_in_wal {
+            return Ok(());
+        }
+        let mut st = self.state.lock().await;
+        let target = self.wal.durable_pos();
+        self.spill_to(&mut st, target).await?;
+        self.write_manifest(&mut st).await?;
+        Ok(())
+    }
+
+    async fn round(&self, urgent: bool) -> Result<(), ChunkError> {
+        let mut st = self.state.lock().await;
+        let target = self.wal.durable_pos();
+        let open = self.wal.segments.read().len();
+        let crowded = open * 2 >= self.max_segments;
+        if target > st.pos {
+            let since = *st.behind_since.get_or_insert_with(Instant::now);
+            if urgent || crowded || target.0 > st.pos.0 || since.elapsed() >= self.cfg.spill_age {
+                // A sealed segment, an old tail, or someone waiting: spill up to the synced end.
+                // Whole sealed segments go first; the open one only when asked or old.
+                let to = if urgent || since.elapsed() >= self.cfg.spill_age || target.0 == st.pos.0 {
+                    target
+                } else {
+                    (target.0, 0)
+                };
+                self.spill_to(&mut st, to).await?;
+            }
+        }
+        if !urgent {
+            self.compact(&mut st).await?;
+        }
+        // Segments spilled but still kept, waiting for a checkpoint to free them.
+        let waiting = st.pos.0.saturating_sub(st.manifest_pos.0);
+        let due = st.manifest_due || waiting > 0;
+        if due && (crowded || waiting >= 2 || st.last_manifest.elapsed() >= self.cfg.manifest_interval) {
+            self.write_manifest(&mut st).await?;
+        }
+        Ok(())
+    }
+
+    /// Spill records from the spill position up to `to` (a `(segment, 0)` target means up to
+    /// the end of the segment before it).
+    async fn spill_to(&self, st: &mut State, to: (u64, u64)) -> Result<(), ChunkError> {
+        while st.pos < to {
+            let (seg_id, from) = st.pos;
+            let seg = {
+                let segs = self.wal.segments.read();
+                segs.range(seg_id..).next().map(|(_, s)| Arc::clone(s))
+            };
+            let Some(seg) = seg else { return Ok(()) };
+            if seg.id > seg_id {
+                st.pos = (seg.id, DATA_START);
+                continue;
+            }
+            let end = match seg.id.cmp(&to.0) {
+                std::cmp::Ordering::Equal => to.1,
+                std::cmp::Ordering::Less => match seg.sealed_end() {
+                    Some(e) => e,
+                    None => return Ok(()),
+                },
+                std::cmp::Ordering::Greater => return Ok(()),
+            };
+            let from = from.max(DATA_START);
+            if end > from {
+                self.spill_range(seg.id, &seg, from, end).await?;
+            }
+            st.behind_since = None;
+            st.pos = if seg.id < to.0 { (seg.id + 1, DATA_START) } else { (seg.id, end.max(from)) };
+            self.spilled.send_replace(st.pos);
+        }
+        Ok(())
+    }
+
+    async fn spill_range(
+        &self,
+        seg_id: u64,
+        seg: &crate::wal::segment::Segment,
+        from: u64,
+        to: u64,
+    ) -> Result<(), ChunkError> {
+        let wal_err = |e: crate::wal::WalError| ChunkError::Other(e.to_string());
+        let (img, records) = records_between(seg, from, to).map_err(wal_err)?;
+        let index = &self.wal.index;
+        // (block, seq, offset in the segment, offset in img)
+        let mut blocks: Vec<(u64, u64, u64, usize)> = Vec::new();
+        let mut tombs = Vec::new();
+        for (h, at) in &records {
+            match h.kind {
+                RecordKind::Data => {
+                    for k in 0..u64::from(h.count) {
+                        let off = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
+                        let b = h.block + k;
+                        let current = index.get(b).is_some_and(|e| {
+                            e.seq == h.seq && e.state == (BlockState::Pending { segment: seg_id, offset: off })
+                        });
+                        if current {
+                            blocks.push((b, h.seq, off, (off - from) as usize));
+                        }
+                    }
+                }
+                RecordKind::Zero { keep_allocated } => {
+                    tombs.push(Tombstone { first: h.block, seq: h.seq, count: h.count, keep_allocated })
+                }
+                RecordKind::Pad => {}
+            }
+        }
+        blocks.sort_unstable_by_key(|b| b.0);
+        blocks.dedup_by_key(|b| b.0);
+        let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
+        let img = Arc::new(img);
+        let mut groups: Vec<Vec<(u64, u64, u64, usize)>> = blocks.chunks(per_chunk).map(<[_]>::to_vec).collect();
+        if groups.is_empty() && !tombs.is_empty() {
+            groups.push(Vec::new());
+        }
+        let mut jobs = Vec::new();
+        for (i, g) in groups.into_iter().enumerate() {
+            let id = self.store.set.allocate_id();
+            let t = if i == 0 { std::mem::take(&mut tombs) } else { Vec::new() };
+            jobs.push((id, g, t));
+        }
+        let n_blocks: usize = jobs.iter().map(|j| j.1.len()).sum();
+        let results: Vec<Result<(), ChunkError>> = futures::stream::iter(jobs.into_iter().map(|(id, g, t)| {
+            let img = Arc::clone(&img);
+            async move {
+                let header = ChunkHeader {
+                    codec: 0,
+                    kind: KIND_SPILL,
+                    volume_id: self.store.volume_id,
+                    chunk_id: id,
+                    wal_segment: seg_id,
+                    wal_offset: to,
+                };
+                let codec = self.cfg.codec;
+                let g2 = g.clone();
+                let (obj, tables) = tokio::task::spawn_blocking(move || {
+                    let ins: Vec<BlockIn> = g2
+                        .iter()
+                        .map(|&(block, seq, _, at)| BlockIn { block, seq, data: &img[at..at + BLOCK_SIZE] })
+                        .collect();
+                    format::build(header, codec, &ins, &t)
+                })
+                .await
+                .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
+                self.upload(id, Bytes::from(obj)).await?;
+                let meta = self.store.set.insert(meta_from_tables(&tables)?);
+                let mut live = 0;
+                for (e, &(block, seq, off, _)) in tables.blocks.iter().zip(g.iter()) {
+                    let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
+                    if self.wal.index.persist(block, seq, seg_id, off, loc) {
+                        live += 1;
+                    }
+                }
+                meta.live.fetch_add(live, Ordering::AcqRel);
+                metrics::counter!(crate::metrics::SPILL_CHUNKS).increment(1);
+                metrics::counter!(crate::metrics::SPILL_BLOCKS).increment(live as u64);
+                debug!(chunk = format!("{id:016x}"), blocks = g.len(), live, "chunk spilled");
+                Ok(())
+            }
+        }))
+        .buffer_unordered(self.cfg.upload_parallel.max(1))
+        .collect()
+        .await;
+        for r in results {
+            r?;
+        }
+        debug!(segment = seg_id, from, to, blocks = n_blocks, "WAL range spilled");
+        Ok(())
+    }
+
+    /// Upload, retrying with backoff for as long as it takes; the WAL holds the data
+    /// meanwhile. At shutdown, give up after a while (the data stays in the WAL).
+    async fn upload(&self, id: u64, obj: Bytes) -> Result<(), ChunkError> {
+        let key = chunk_key(id);
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self.store.backend.put(&key, obj.clone()).await {
+                Ok(()) => {
+                    metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(obj.len() as u64);
+                    if attempt > 0 {
+                        info!(key, attempts = attempt + 1, "backend reachable again; upload done");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::UPLOAD_FAILURES).increment(1);
+                    if self.stopping.load(Ordering::Acquire) && started.elapsed() > Duration::from_secs(30) {
+                        return Err(e.into());
+                    }
+                    let wait = backoff(Duration::from_millis(100), Duration::from_secs(5), attempt);
+                    warn!(key, error = %e, retry_in_ms = wait.as_millis() as u64, "upload failed; writes keep landing in the WAL");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Rewrite the live blocks of chunks below the live threshold into a new chunk.
+    async fn compact(&self, st: &mut State) -> Result<(), ChunkError> {
+        let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
+        let mut victims = Vec::new();
+        let mut live_total = 0usize;
+        let mut all = self.store.set.all();
+        all.sort_by(|a, b| {
+            let ra = a.live() as f64 / a.blocks.max(1) as f64;
+            let rb = b.live() as f64 / b.blocks.max(1) as f64;
+            ra.total_cmp(&rb)
+        });
+        for c in all {
+            let ratio = c.live() as f64 / c.blocks.max(1) as f64;
+            if ratio >= self.cfg.compact_below || c.blocks == 0 {
+                // Tombstone-only chunks matter only until the next manifest.
+                if c.blocks == 0 && st.pos.0 > st.manifest_pos.0 {
+                    continue;
+                }
+                if c.blocks > 0 {
+                    break;
+                }
+            }
+            if live_total + c.live() as usize > per_chunk && !victims.is_empty() {
+                break;
+            }
+            live_total += c.live() as usize;
+            victims.push(c);
+        }
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let ids: HashSet<u64> = victims.iter().map(|c| c.id).collect();
+        let mut entries: Vec<(u64, Loc)> = self
+            .wal
+            .index
+            .collect(|_, e| matches!(e.state, BlockState::Persisted(l) if ids.contains(&l.chunk)))
+            .into_iter()
+            .filter_map(|(b, e)| match e.state {
+                BlockState::Persisted(l) => Some((b, l)),
+                _ => None,
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut data = Vec::with_capacity(entries.len() * BLOCK_SIZE);
+        for (_, loc) in &entries {
+            let frame = self.store.frame(*loc).await?;
+            let at = loc.idx as usize * BLOCK_SIZE;
+            data.extend_from_slice(frame.get(at..at + BLOCK_SIZE).ok_or_else(|| ChunkError::Damaged {
+                chunk: loc.chunk,
+                frame: loc.frame,
+                detail: "block index past the frame".into(),
+            })?);
+        }
+        let mut new_id = None;
+        if !entries.is_empty() {
+            let id = self.store.set.allocate_id();
+            let header = ChunkHeader {
+                codec: 0,
+                kind: KIND_COMPACTION,
+                volume_id: self.store.volume_id,
+                chunk_id: id,
+                wal_segment: st.pos.0,
+                wal_offset: st.pos.1,
+            };
+            let codec = self.cfg.codec;
+            let list: Vec<u64> = entries.iter().map(|e| e.0).collect();
+            let data = Arc::new(data);
+            let d2 = Arc::clone(&data);
+            let (obj, tables) = tokio::task::spawn_blocking(move || {
+                let ins: Vec<BlockIn> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &block)| BlockIn { block, seq: 0, data: &d2[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE] })
+                    .collect();
+                format::build(header, codec, &ins, &[])
+            })
+            .await
+            .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
+            self.upload(id, Bytes::from(obj)).await?;
+            let meta = self.store.set.insert(meta_from_tables(&tables)?);
+            let mut live = 0;
+            for (e, (block, from)) in tables.blocks.iter().zip(entries.iter()) {
+                let to = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
+                if self.wal.index.relocate(*block, *from, to) {
+                    live += 1;
+                }
+            }
+            meta.live.fetch_add(live, Ordering::AcqRel);
+            new_id = Some(id);
+        }
+        for c in &victims {
+            self.store.set.remove(c.id);
+            st.doomed.push(c.id);
+        }
+        st.manifest_due = true;
+        metrics::counter!(crate::metrics::GC_CHUNKS_COMPACTED).increment(victims.len() as u64);
+        debug!(victims = victims.len(), blocks = entries.len(), new = ?new_id, "chunks compacted");
+        Ok(())
+    }
+
+    /// Snapshot the persisted part of the index and write it, locally and to the backend.
+    /// Then older segments may be reused and doomed chunks deleted.
+    async fn write_manifest(&self, st: &mut State) -> Result<(), ChunkError> {
+        let m = self.snapshot(st);
+        let bytes = m.encode();
+        let fs = Arc::clone(&self.fs);
+        let path = self.manifest_path.clone();
+        let local = bytes.clone();
+        tokio::task::spawn_blocking(move || fs.write_file_atomic(&path, &local))
+            .await
+            .map_err(|e| ChunkError::Other(format!("manifest write task failed: {e}")))?
+            .map_err(|e| ChunkError::Other(format!("writing {}: {e}", self.manifest_path.display())))?;
+        self.store.backend.put(&manifest_key(m.generation), Bytes::from(bytes)).await?;
+        st.generation = m.generation;
+        st.manifest_pos = m.replay_from;
+        st.last_manifest = Instant::now();
+        st.manifest_due = false;
+        self.wal.set_recyclable_before(m.replay_from.0);
+        metrics::counter!(crate::metrics::MANIFESTS_WRITTEN).increment(1);
+        debug!(generation = m.generation, chunks = m.chunks.len(), runs = m.runs.len(), "manifest written");
+        for id in std::mem::take(&mut st.doomed) {
+            if let Err(e) = self.store.backend.delete(&chunk_key(id)).await {
+                warn!(chunk = format!("{id:016x}"), error = %e, "deleting a compacted chunk failed; it is retried");
+                st.doomed.push(id);
+                continue;
+            }
+            self.store.cache.drop_chunk(id);
+            metrics::counter!(crate::metrics::GC_CHUNKS_DELETED).increment(1);
+        }
+        if m.generation > 2 {
+            let _ = self.store.backend.delete(&manifest_key(m.generation - 2)).await;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, st: &State) -> Manifest {
+        snapshot(
+            &self.wal.index,
+            &self.store.set,
+            self.store.volume_id,
+            st.generation + 1,
+            self.next_seq.load(Ordering::Acquire),
+            st.pos,
+        )
+    }
+}
+
+/// A manifest of the persisted part of `index`: every chunk of `set`, and runs of blocks.
+pub fn snapshot(
+    index: &crate::store::index::Index,
+    set: &super::set::ChunkSet,
+    volume_id: [u8; 16],
+    generation: u64,
+    next_seq: u64,
+    replay_from: (u64, u64),
+) -> Manifest {
+    let chunks: Vec<Arc<ChunkMeta>> = set.all();
+    let mut entries =
+        index.collect(|_, e| matches!(e.state, BlockState::Persisted(_) | BlockState::Empty { allocated: true }));
+    entries.sort_unstable_by_key(|e| e.0);
+    let frame_blocks = |chunk: u64, frame: u32| {
+        set.get(chunk).and_then(|c| c.frames.get(frame as usize).map(|f| f.raw_len / BLOCK_SIZE as u32)).unwrap_or(0)
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    // The place of the last block of the last run.
+    let mut last: Option<Loc> = None;
+    for (b, e) in entries {
+        let loc = match e.state {
+            BlockState::Persisted(l) => Some(l),
+            _ => None,
+        };
+        if let Some(r) = runs.last_mut() {
+            let follows = match (last, loc) {
+                (None, None) => r.loc.is_none(),
+                (Some(p), Some(l)) => next_place(p, |f| frame_blocks(p.chunk, f)) == l,
+                _ => false,
+            };
+            if r.first + u64::from(r.count) == b && follows && r.count < u32::MAX {
+                r.count += 1;
+                last = loc;
+                continue;
+            }
+        }
+        runs.push(Run { first: b, count: 1, loc });
+        last = loc;
+    }
+    Manifest {
+        volume_id,
+        generation,
+        next_seq,
+        replay_from,
+        next_chunk_id: set.next_id(),
+        chunks: chunks
+            .iter()
+            .map(|c| ChunkRecord {
+                id: c.id,
+                kind: c.kind,
+                codec: c.codec.id(),
+                object_len: c.object_len,
+                blocks: c.blocks,
+                frames: c.frames.clone(),
+            })
+            .collect(),
+        runs,
+    }
+}
