@@ -191,6 +191,10 @@ pub struct Writer {
     /// Items in the last batch that was synced, and how long its sync took (group commit).
     last_batch: usize,
     last_sync: Duration,
+    /// Opening the first segment at start-up: the spiller that frees segments is not
+    /// running yet, so waiting at the segment bound would wait forever. That one segment
+    /// may go past the bound.
+    starting: bool,
 }
 
 /// Where a record of the current batch went.
@@ -225,9 +229,11 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             last_batch: 0,
             last_sync: Duration::ZERO,
+            starting: true,
         };
         *w.shared.durable_pos.lock() = prev;
         w.open_next()?;
+        w.starting = false;
         Ok(w)
     }
 
@@ -477,7 +483,7 @@ impl Writer {
                 return Ok(s);
             }
             let open = self.shared.segments.read().len();
-            if open < self.cfg.max_segments || self.shared.is_closing() {
+            if open < self.cfg.max_segments || self.shared.is_closing() || self.starting {
                 break;
             }
             if !waited {
