@@ -77,6 +77,9 @@ struct State {
     manifest_due: bool,
     /// Chunks dropped from the set, deleted once a manifest without them is durable.
     doomed: Vec<u64>,
+    /// Chunks with a block that cannot be read (damage): never compacted, so the blocks
+    /// that can be read stay where they are and the lost one keeps failing loudly.
+    stuck: HashSet<u64>,
     behind_since: Option<Instant>,
 }
 
@@ -130,6 +133,7 @@ impl Spiller {
                 last_manifest: Instant::now(),
                 manifest_due: false,
                 doomed: Vec::new(),
+                stuck: HashSet::new(),
                 behind_since: None,
             }),
             spilled,
@@ -211,7 +215,18 @@ impl Spiller {
             }
         }
         if !urgent {
-            self.compact(&mut st).await?;
+            // A few rounds at a time, so compaction keeps up with random overwrites. A
+            // failed compaction must not hold up the checkpoint below.
+            for _ in 0..8 {
+                match self.compact(&mut st).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        warn!(error = %e, "compaction failed; it is tried again later");
+                        break;
+                    }
+                }
+            }
         }
         // Segments spilled but still kept, waiting for a checkpoint to free them.
         let waiting = st.pos.0.saturating_sub(st.manifest_pos.0);
@@ -381,7 +396,7 @@ impl Spiller {
     }
 
     /// Rewrite the live blocks of chunks below the live threshold into a new chunk.
-    async fn compact(&self, st: &mut State) -> Result<(), ChunkError> {
+    async fn compact(&self, st: &mut State) -> Result<bool, ChunkError> {
         let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
         let mut victims = Vec::new();
         let mut live_total = 0usize;
@@ -391,7 +406,7 @@ impl Spiller {
             let rb = b.live() as f64 / b.blocks.max(1) as f64;
             ra.total_cmp(&rb)
         });
-        for c in all {
+        for c in all.into_iter().filter(|c| !st.stuck.contains(&c.id)) {
             let ratio = c.live() as f64 / c.blocks.max(1) as f64;
             if ratio >= self.cfg.compact_below || c.blocks == 0 {
                 // Tombstone-only chunks matter only until the next manifest.
@@ -409,9 +424,9 @@ impl Spiller {
             victims.push(c);
         }
         if victims.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        let ids: HashSet<u64> = victims.iter().map(|c| c.id).collect();
+        let mut ids: HashSet<u64> = victims.iter().map(|c| c.id).collect();
         let mut entries: Vec<(u64, Loc)> = self
             .wal
             .index
@@ -423,15 +438,36 @@ impl Spiller {
             })
             .collect();
         entries.sort_unstable_by_key(|e| e.0);
-        let mut data = Vec::with_capacity(entries.len() * BLOCK_SIZE);
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         for (_, loc) in &entries {
-            let frame = self.store.frame(*loc).await?;
-            let at = loc.idx as usize * BLOCK_SIZE;
-            data.extend_from_slice(frame.get(at..at + BLOCK_SIZE).ok_or_else(|| ChunkError::Damaged {
-                chunk: loc.chunk,
-                frame: loc.frame,
-                detail: "block index past the frame".into(),
-            })?);
+            if !ids.contains(&loc.chunk) {
+                blocks.push(Vec::new());
+                continue;
+            }
+            match self.store.block(*loc).await {
+                Ok(b) => blocks.push(b),
+                Err(e @ ChunkError::Damaged { .. }) => {
+                    error!(chunk = format!("{:016x}", loc.chunk), error = %e,
+                        "chunk holds a block that cannot be read; it is left as it is, never compacted");
+                    ids.remove(&loc.chunk);
+                    st.stuck.insert(loc.chunk);
+                    blocks.push(Vec::new());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        victims.retain(|c| ids.contains(&c.id));
+        let mut data = Vec::with_capacity(entries.len() * BLOCK_SIZE);
+        let mut kept = Vec::with_capacity(entries.len());
+        for (e, b) in entries.into_iter().zip(blocks) {
+            if ids.contains(&e.1.chunk) {
+                data.extend_from_slice(&b);
+                kept.push(e);
+            }
+        }
+        let entries = kept;
+        if victims.is_empty() {
+            return Ok(true);
         }
         let mut new_id = None;
         if !entries.is_empty() {
@@ -477,7 +513,7 @@ impl Spiller {
         st.manifest_due = true;
         metrics::counter!(crate::metrics::GC_CHUNKS_COMPACTED).increment(victims.len() as u64);
         debug!(victims = victims.len(), blocks = entries.len(), new = ?new_id, "chunks compacted");
-        Ok(())
+        Ok(true)
     }
 
     /// Snapshot the persisted part of the index and write it, locally and to the backend.

@@ -13,6 +13,7 @@ use crate::backend::DynBackend;
 use crate::codec::Compression;
 use crate::store::cache::FrameCache;
 use crate::store::index::Loc;
+use crate::wal::record::BLOCK_SIZE;
 
 pub struct ChunkStore {
     pub backend: DynBackend,
@@ -49,6 +50,62 @@ impl ChunkStore {
             self.backend.get_range(&chunk_key(meta.id), loc.offset..loc.offset + u64::from(loc.stored_len)).await?;
         let raw = format::open_frame(meta.codec, loc, &stored).map_err(|e| damaged(e.to_string()))?;
         Ok(Arc::new(raw))
+    }
+
+    /// One block's 4 KiB: from its frame, or, if the frame is damaged, salvaged on its own.
+    pub async fn block(&self, loc: Loc) -> Result<Vec<u8>, ChunkError> {
+        match self.frame(loc).await {
+            Ok(frame) => {
+                let at = loc.idx as usize * BLOCK_SIZE;
+                let b = frame.get(at..at + BLOCK_SIZE).ok_or_else(|| ChunkError::Damaged {
+                    chunk: loc.chunk,
+                    frame: loc.frame,
+                    detail: format!("no block {} in the frame", loc.idx),
+                })?;
+                Ok(b.to_vec())
+            }
+            Err(ChunkError::Damaged { .. }) => self.salvage_block(loc).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read one block of a damaged frame on its own: decompress what can be, and serve the
+    /// block only if its own checksum (from the chunk's block table) holds. Blocks that
+    /// share a frame with damage elsewhere stay readable; the damaged block gets an error.
+    pub async fn salvage_block(&self, loc: Loc) -> Result<Vec<u8>, ChunkError> {
+        let meta = self.set.get(loc.chunk).ok_or(ChunkError::Unknown(loc.chunk))?;
+        let lost = |detail: String| {
+            error!(chunk = format!("{:016x}", meta.id), frame = loc.frame, idx = loc.idx, %detail, "block lost to chunk damage");
+            ChunkError::Damaged { chunk: meta.id, frame: loc.frame, detail }
+        };
+        let tables = self.fetch_tables(meta.id, meta.object_len).await?;
+        let entry = tables
+            .blocks
+            .iter()
+            .find(|e| e.frame == loc.frame && e.offset as usize == loc.idx as usize * BLOCK_SIZE)
+            .ok_or_else(|| lost("the block table does not list this block".into()))?;
+        let fl = meta.frames.get(loc.frame as usize).ok_or_else(|| lost("no such frame".into()))?;
+        let stored =
+            self.backend.get_range(&chunk_key(meta.id), fl.offset..fl.offset + u64::from(fl.stored_len)).await?;
+        let raw = if fl.compressed {
+            meta.codec
+                .decompress(&stored, fl.raw_len as usize)
+                .map_err(|e| lost(format!("frame does not decompress: {e}")))?
+        } else {
+            stored.to_vec()
+        };
+        let start = entry.offset as usize;
+        let block = raw.get(start..start + BLOCK_SIZE).ok_or_else(|| lost("frame too short".into()))?;
+        if crc32c::crc32c(block) != entry.crc {
+            return Err(lost(format!("block {} fails its checksum", entry.block)));
+        }
+        tracing::warn!(
+            chunk = format!("{:016x}", meta.id),
+            frame = loc.frame,
+            block = entry.block,
+            "block read intact from a damaged frame"
+        );
+        Ok(block.to_vec())
     }
 
     /// Start fetching a frame into the cache, if it is not there.
