@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, DynBackend};
-use crate::chunk::rebuild::{apply_manifest, clean_orphans};
+use crate::chunk::rebuild::{adopt_or_clean, apply_manifest};
 use crate::chunk::set::ChunkSet;
 use crate::chunk::spiller::{SpillConfig, SpillStart, Spiller};
 use crate::chunk::store::ChunkStore;
@@ -226,13 +226,15 @@ impl Volume {
             }
             None => None,
         };
-        clean_orphans(&store).await?;
+        let orphans = adopt_or_clean(&store, &index, manifest.as_ref().map_or(0, |m| m.next_chunk_id)).await?;
         let from = manifest.as_ref().map_or((0, 0), |m| m.replay_from);
         let replayed = replay(&*fs, &wal_dir, meta.volume_id, cfg.recovery, &index, from)?;
         for chunk in &replayed.replaced {
             store.set.drop_live(*chunk);
         }
-        let next_seq = Arc::new(AtomicU64::new(replayed.next_seq.max(manifest.as_ref().map_or(1, |m| m.next_seq))));
+        let next_seq = Arc::new(AtomicU64::new(
+            replayed.next_seq.max(manifest.as_ref().map_or(1, |m| m.next_seq)).max(orphans.max_seq + 1),
+        ));
         let arena = Arc::new(Arena::new(cfg.max_dirty_bytes));
         let dirty = Arc::new(Semaphore::new(arena.capacity_bytes()));
         let shared = Shared::new(Arc::clone(&index), Arc::clone(&arena), dirty, 0);
@@ -407,6 +409,11 @@ impl Volume {
                         if attempts < 100 =>
                     {
                         tokio::task::yield_now().await;
+                    }
+                    Err(ChunkError::Damaged { .. }) => {
+                        let block = self.chunks.salvage_block(loc).await?;
+                        out.copy_from_slice(&block[at..at + out.len()]);
+                        return Ok(());
                     }
                     Err(e) => return Err(e.into()),
                 },

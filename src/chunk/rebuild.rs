@@ -1,10 +1,11 @@
-//! Loading persisted state: a manifest into the index and the chunk set, orphan chunks
-//! cleaned up, and the whole index rebuilt from the backend alone (`spillway recover`).
+//! Loading persisted state: a manifest into the index and the chunk set, chunks written
+//! after it adopted and leftovers cleaned up, and the whole index rebuilt from the backend alone (`spillway recover`).
 
 use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
+use super::format::ChunkTables;
 use super::format::KIND_SPILL;
 use super::manifest::{key_generation, manifest_key, next_place, Manifest};
 use super::set::{key_chunk, ChunkMeta, ChunkSet};
@@ -57,23 +58,84 @@ pub fn apply_manifest(m: &Manifest, index: &Index, set: &ChunkSet) -> Result<(),
     Ok(())
 }
 
-/// Delete chunk objects the set does not know (an unfinished spill or compaction, or a
-/// deletion cut short), and make new ids start past every existing object.
-pub async fn clean_orphans(store: &ChunkStore) -> Result<usize, ChunkError> {
+/// What [`adopt_or_clean`] did with the chunks the manifest does not name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Orphans {
+    /// Spill chunks written after the manifest, taken into the index.
+    pub adopted: usize,
+    /// Objects deleted: an unfinished compaction, or a deletion cut short.
+    pub deleted: usize,
+    /// The highest sequence number in the adopted chunks (0: none).
+    pub max_seq: u64,
+}
+
+/// Deal with chunk objects the set (loaded from the manifest) does not know, and make new
+/// ids start past every existing object. Spill chunks with ids at or past `first_new` (the
+/// manifest's `next_chunk_id`) were written after the manifest: they are adopted, applied
+/// by sequence number like `recover` does, so that the backend keeps holding what a
+/// `--flush-target backend` FLUSH promised (the WAL replayed next still wins for the blocks
+/// it holds). Every other unknown chunk is deleted: a compaction chunk whose sources still
+/// exist, or a chunk whose deletion was cut short.
+pub async fn adopt_or_clean(store: &ChunkStore, index: &Index, first_new: u64) -> Result<Orphans, ChunkError> {
     let listed = store.backend.list("chunks/").await?;
-    let mut removed = 0;
+    let mut out = Orphans::default();
     for o in listed {
         let Some(id) = key_chunk(&o.key) else { continue };
         store.set.bump_next_id(id + 1);
-        if store.set.get(id).is_none() {
-            store.backend.delete(&o.key).await?;
-            removed += 1;
+        if store.set.get(id).is_some() {
+            continue;
+        }
+        if id >= first_new {
+            let t = store.fetch_tables(id, o.size).await?;
+            if t.header.volume_id == store.volume_id && t.header.kind == KIND_SPILL {
+                out.max_seq = out.max_seq.max(apply_spill_chunk(store, index, &t)?);
+                out.adopted += 1;
+                continue;
+            }
+        }
+        store.backend.delete(&o.key).await?;
+        out.deleted += 1;
+    }
+    if out.adopted > 0 || out.deleted > 0 {
+        info!(
+            adopted = out.adopted,
+            deleted = out.deleted,
+            "chunks the manifest does not name: later spills adopted, leftovers of an unfinished compaction or deletion removed"
+        );
+    }
+    Ok(out)
+}
+
+/// Put a spill chunk's blocks and tombstones into the index where they are newer than what
+/// it holds, and the chunk into the set. Returns the highest sequence number it carries.
+fn apply_spill_chunk(store: &ChunkStore, index: &Index, t: &ChunkTables) -> Result<u64, ChunkError> {
+    let id = t.header.chunk_id;
+    let meta = store.set.insert(meta_from_tables(t)?);
+    let mut max_seq = 0;
+    let mut live = 0;
+    for e in &t.blocks {
+        max_seq = max_seq.max(e.seq);
+        if index.get(e.block).is_none_or(|old| old.seq < e.seq) {
+            let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
+            if let Some(old) = index.set(e.block, Some(Entry { seq: e.seq, state: BlockState::Persisted(loc) })) {
+                if let BlockState::Persisted(l) = old.state {
+                    store.set.drop_live(l.chunk);
+                }
+            }
+            live += 1;
         }
     }
-    if removed > 0 {
-        info!(removed, "orphan chunks deleted (left by an unfinished spill or compaction)");
+    meta.live.fetch_add(live, Ordering::AcqRel);
+    for ts in &t.tombstones {
+        max_seq = max_seq.max(ts.seq);
+        for old in index.tombstone(ts.first, u64::from(ts.count), ts.seq, ts.keep_allocated) {
+            if let BlockState::Persisted(l) = old.state {
+                store.set.drop_live(l.chunk);
+            }
+        }
     }
-    Ok(removed)
+    store.set.bump_next_id(id + 1);
+    Ok(max_seq)
 }
 
 /// The newest manifest on the backend that reads back cleanly.
@@ -132,31 +194,7 @@ pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<R
         if t.header.kind != KIND_SPILL {
             continue;
         }
-        let meta = store.set.insert(meta_from_tables(&t)?);
-        let mut live = 0;
-        for e in &t.blocks {
-            next_seq = next_seq.max(e.seq + 1);
-            let newer = index.get(e.block).is_none_or(|old| old.seq < e.seq);
-            if newer {
-                let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-                if let Some(old) = index.set(e.block, Some(Entry { seq: e.seq, state: BlockState::Persisted(loc) })) {
-                    if let BlockState::Persisted(l) = old.state {
-                        store.set.drop_live(l.chunk);
-                    }
-                }
-                live += 1;
-            }
-        }
-        meta.live.fetch_add(live, Ordering::AcqRel);
-        for ts in &t.tombstones {
-            next_seq = next_seq.max(ts.seq + 1);
-            for old in index.tombstone(ts.first, u64::from(ts.count), ts.seq, ts.keep_allocated) {
-                if let BlockState::Persisted(l) = old.state {
-                    store.set.drop_live(l.chunk);
-                }
-            }
-        }
-        store.set.bump_next_id(id + 1);
+        next_seq = next_seq.max(apply_spill_chunk(store, index, &t)? + 1);
         applied += 1;
     }
     Ok(Rebuilt { manifest_generation: generation, chunks_applied: applied, next_seq })
