@@ -4,13 +4,14 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 use super::{BackendError, ObjectBackend, ObjectInfo};
 
@@ -35,7 +36,17 @@ pub fn parse_url(url: &str) -> Result<(String, String), BackendError> {
 impl S3Backend {
     pub fn new(url: &str, endpoint: Option<&str>) -> Result<Self, BackendError> {
         let (bucket, prefix) = parse_url(url)?;
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket).with_virtual_hosted_style_request(false);
+        // Our own layers retry (RetryBackend, and the spiller for as long as it takes), and
+        // they log each failure: the client gives up fast instead of retrying for minutes
+        // out of sight.
+        let retry = RetryConfig { max_retries: 1, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
+        let client =
+            ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(60));
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_retry(retry)
+            .with_client_options(client);
         if let Some(ep) = endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
