@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nbd::{BlockDevice, DeviceError, Errno, ZeroFlags};
+use spillway::chunk::spiller::SpillConfig;
 use spillway::io::faulty::{Faults, FaultyFs};
 use spillway::io::std_fs::StdFs;
-use spillway::chunk::spiller::SpillConfig;
 use spillway::volume::{Volume, VolumeConfig};
 use spillway::wal::{Durability, RecoveryMode};
 
 const BS: usize = 4096;
 
 /// The WAL layer alone: nothing moves to chunks, so the tests see (and damage) the log
-/// itself. tests/spill.rs covers the spill.
+/// itself. tests/chunks_local.rs and tests/chunks_s3.rs cover the spill.
 fn cfg(durability: Durability) -> VolumeConfig {
     let spill = SpillConfig { hold_in_wal: true, ..SpillConfig::default() };
     VolumeConfig { size: Some(64 << 20), durability, spill, ..VolumeConfig::default() }
