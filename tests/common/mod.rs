@@ -458,6 +458,17 @@ impl Server {
         (status, self.log())
     }
 
+    /// SIGKILL (kill -9) and reap the process; returns the stderr log.
+    pub fn kill9(&mut self) -> String {
+        let mut child = self.child.take().expect("server already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.log()
+    }
+
     /// SIGTERM, wait up to 10 s, assert the exit status is success; returns
     /// the stderr log.
     pub fn stop(mut self) -> String {
