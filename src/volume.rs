@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, DynBackend};
+use crate::chunk::base::Base;
 use crate::chunk::rebuild::{adopt_or_clean, apply_manifest};
 use crate::chunk::set::ChunkSet;
 use crate::chunk::spiller::{SpillConfig, SpillStart, Spiller};
@@ -207,6 +208,7 @@ impl Volume {
         let index = Arc::new(Index::new(cfg.index_shards));
         let store = Arc::new(ChunkStore::new(backend, ChunkSet::new(1), cfg.cache_bytes, meta.volume_id));
         let manifest_path = dir.join(MANIFEST_FILE);
+        let mut base = Base::new();
         let manifest = match fs
             .read_file(&manifest_path)
             .map_err(|e| VolumeError::io(format!("reading {}", manifest_path.display()), e))?
@@ -221,17 +223,14 @@ impl Volume {
                 if m.volume_id != meta.volume_id {
                     return Err(VolumeError::Config(format!("{} belongs to another volume", manifest_path.display())));
                 }
-                apply_manifest(&m, &index, &store.set)?;
+                apply_manifest(&m, &index, &mut base, &store.set)?;
                 Some(m)
             }
             None => None,
         };
-        let orphans = adopt_or_clean(&store, &index, manifest.as_ref().map_or(0, |m| m.next_chunk_id)).await?;
         let from = manifest.as_ref().map_or((0, 0), |m| m.replay_from);
+        let orphans = adopt_or_clean(&store, from).await?;
         let replayed = replay(&*fs, &wal_dir, meta.volume_id, cfg.recovery, &index, from)?;
-        for chunk in &replayed.replaced {
-            store.set.drop_live(*chunk);
-        }
         let next_seq = Arc::new(AtomicU64::new(
             replayed.next_seq.max(manifest.as_ref().map_or(1, |m| m.next_seq)).max(orphans.max_seq + 1),
         ));
@@ -269,7 +268,12 @@ impl Volume {
             cfg.spill.clone(),
             Arc::clone(&next_seq),
             cfg.max_wal_segments,
-            SpillStart { pos: from, generation: manifest.as_ref().map_or(0, |m| m.generation) },
+            SpillStart {
+                pos: from,
+                generation: manifest.as_ref().map_or(0, |m| m.generation),
+                base,
+                adopted: orphans.adopted,
+            },
         );
         info!(
             dir = %dir.display(),
@@ -530,12 +534,12 @@ impl Volume {
         }
     }
 
-    /// An index entry was replaced: release its slot, or count a chunk's block as dead.
+    /// An index entry was replaced: release its arena slot. (A chunk's live count follows
+    /// the spiller's base, not the live index: the old version may still be the one a
+    /// checkpoint must keep.)
     fn replaced(&self, old: Option<Entry>) {
-        match old.map(|e| e.state) {
-            Some(BlockState::Hot(slot)) => self.arena.release(slot),
-            Some(BlockState::Persisted(loc)) => self.chunks.set.drop_live(loc.chunk),
-            _ => {}
+        if let Some(BlockState::Hot(slot)) = old.map(|e| e.state) {
+            self.arena.release(slot);
         }
     }
 

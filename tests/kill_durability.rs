@@ -412,6 +412,38 @@ impl Ctx {
     }
 }
 
+/// After a clean shutdown the manifest names exactly the chunk objects on the backend: no
+/// chunk leaked by a kill during a spill, upload or compaction, no dangling reference.
+fn chunks_match_manifest(data: &Path) -> Result<(), String> {
+    let vol = data.join("volumes").join("default");
+    let Ok(bytes) = std::fs::read(vol.join("manifest")) else {
+        return Ok(()); // nothing was ever spilled
+    };
+    let m = spillway::chunk::manifest::Manifest::decode(&bytes).map_err(|e| format!("manifest: {e}"))?;
+    let named: std::collections::BTreeSet<u64> = m.chunks.iter().map(|c| c.id).collect();
+    let present: std::collections::BTreeSet<u64> = std::fs::read_dir(vol.join("objects").join("chunks"))
+        .map(|rd| rd.filter_map(Result::ok).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| spillway::chunk::set::key_chunk(&format!("chunks/{}", e.file_name().to_string_lossy())))
+        .collect();
+    if named != present {
+        return Err(format!(
+            "named by the manifest but missing: {:x?}\non the backend but not named: {:x?}",
+            named.difference(&present).collect::<Vec<_>>(),
+            present.difference(&named).collect::<Vec<_>>()
+        ));
+    }
+    for r in &m.runs {
+        if let Some(l) = r.loc {
+            if !named.contains(&l.chunk) {
+                return Err(format!("run {r:?} points at chunk {:x}, which the manifest does not name", l.chunk));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run_kill_test(t: KillTest) {
     if !require_python_nbd() {
         return;
@@ -563,6 +595,14 @@ fn run_kill_test(t: KillTest) {
         );
     }
     drop(server);
+    if let Err(e) = chunks_match_manifest(&ctx.data) {
+        ctx.fail(
+            cycles,
+            seed,
+            "after a clean shutdown the manifest and the chunk objects disagree",
+            &[("chunks", e), ("stopped server stderr", stopped_log)],
+        );
+    }
     let mut again = match ServerRun::start(&ctx.data, ctx.t.mode, &ctx.args()) {
         Ok(s) => s,
         Err(e) => ctx.fail(
@@ -646,6 +686,44 @@ fn kill9_batched_multiconn() {
         conns: 3,
         flush_elsewhere: true,
         extra: &[],
+    });
+}
+
+/// Flags that make the WAL spill into chunks all the time: 1 MiB segments and at most 4
+/// of them, 64 KiB chunks, spill after 100 ms, compaction of anything below 90 % live.
+/// Kills then land during spills, uploads, checkpoints and compactions.
+const SPILLING: &[&str] = &[
+    "--wal-segment-size",
+    "1M",
+    "--max-wal",
+    "4M",
+    "--chunk-size",
+    "64K",
+    "--spill-age",
+    "100ms",
+    "--compact-below",
+    "0.9",
+];
+
+#[test]
+fn kill9_strict_spilling() {
+    run_kill_test(KillTest {
+        name: "kill9_strict_spilling",
+        mode: "strict",
+        conns: 1,
+        flush_elsewhere: false,
+        extra: SPILLING,
+    });
+}
+
+#[test]
+fn kill9_batched_spilling_multiconn() {
+    run_kill_test(KillTest {
+        name: "kill9_batched_spilling_multiconn",
+        mode: "batched",
+        conns: 3,
+        flush_elsewhere: true,
+        extra: SPILLING,
     });
 }
 

@@ -1,6 +1,7 @@
 //! Chunk objects: the format, the in-memory chunk set, the manifest, reading frames back,
 //! and the spiller that moves the WAL into chunks and compacts them.
 
+pub mod base;
 pub mod format;
 pub mod manifest;
 pub mod rebuild;

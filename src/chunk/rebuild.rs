@@ -1,10 +1,9 @@
 //! Loading persisted state: a manifest into the index and the chunk set, chunks written
 //! after it adopted and leftovers cleaned up, and the whole index rebuilt from the backend alone (`spillway recover`).
 
-use std::sync::atomic::Ordering;
-
 use tracing::{info, warn};
 
+use super::base::{Base, BaseRef};
 use super::format::ChunkTables;
 use super::format::KIND_SPILL;
 use super::manifest::{key_generation, manifest_key, next_place, Manifest};
@@ -15,9 +14,10 @@ use crate::codec::Compression;
 use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::wal::record::BLOCK_SIZE;
 
-/// Put a manifest's chunks into `set` and its blocks into `index` (sequence number 0:
-/// older than anything in the log or in later chunks).
-pub fn apply_manifest(m: &Manifest, index: &Index, set: &ChunkSet) -> Result<(), ChunkError> {
+/// Put a manifest's chunks into `set` and its blocks into `base` and `index` (sequence
+/// number 0: older than anything in the log or in later chunks). Live counts follow the
+/// base.
+pub fn apply_manifest(m: &Manifest, index: &Index, base: &mut Base, set: &ChunkSet) -> Result<(), ChunkError> {
     for c in &m.chunks {
         set.insert(ChunkMeta {
             id: c.id,
@@ -34,6 +34,7 @@ pub fn apply_manifest(m: &Manifest, index: &Index, set: &ChunkSet) -> Result<(),
             None => {
                 for b in r.first..r.first + u64::from(r.count) {
                     index.set(b, Some(Entry { seq: 0, state: BlockState::Empty { allocated: true } }));
+                    base.set(b, BaseRef::Zeroed, set);
                 }
             }
             Some(start) => {
@@ -48,9 +49,9 @@ pub fn apply_manifest(m: &Manifest, index: &Index, set: &ChunkSet) -> Result<(),
                         )));
                     }
                     index.set(b, Some(Entry { seq: 0, state: BlockState::Persisted(loc) }));
+                    base.set(b, BaseRef::Chunk(loc), set);
                     loc = next_place(loc, frame_blocks);
                 }
-                meta.live.fetch_add(r.count, Ordering::AcqRel);
             }
         }
     }
@@ -58,11 +59,12 @@ pub fn apply_manifest(m: &Manifest, index: &Index, set: &ChunkSet) -> Result<(),
     Ok(())
 }
 
-/// What [`adopt_or_clean`] did with the chunks the manifest does not name.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What [`adopt_or_clean`] found among the chunks the manifest does not name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Orphans {
-    /// Spill chunks written after the manifest, taken into the index.
-    pub adopted: usize,
+    /// Spill chunks holding data past the manifest, with the WAL position each spilled
+    /// up to: kept for `recover` until a durable manifest covers that position.
+    pub adopted: Vec<(u64, (u64, u64))>,
     /// Objects deleted: an unfinished compaction, or a deletion cut short.
     pub deleted: usize,
     /// The highest sequence number in the adopted chunks (0: none).
@@ -70,13 +72,13 @@ pub struct Orphans {
 }
 
 /// Deal with chunk objects the set (loaded from the manifest) does not know, and make new
-/// ids start past every existing object. Spill chunks with ids at or past `first_new` (the
-/// manifest's `next_chunk_id`) were written after the manifest: they are adopted, applied
-/// by sequence number like `recover` does, so that the backend keeps holding what a
-/// `--flush-target backend` FLUSH promised (the WAL replayed next still wins for the blocks
-/// it holds). Every other unknown chunk is deleted: a compaction chunk whose sources still
-/// exist, or a chunk whose deletion was cut short.
-pub async fn adopt_or_clean(store: &ChunkStore, index: &Index, first_new: u64) -> Result<Orphans, ChunkError> {
+/// ids start past every existing object. A spill chunk that spilled the WAL past
+/// `replay_from` holds data newer than the manifest: it is kept, because it may be the
+/// only copy on the backend of what a `--flush-target backend` FLUSH promised, until a
+/// durable manifest covers that position (the WAL replayed next holds the same data for
+/// this machine). Every other unknown chunk is deleted: a compaction chunk whose sources
+/// still exist, or a chunk whose deletion was cut short.
+pub async fn adopt_or_clean(store: &ChunkStore, replay_from: (u64, u64)) -> Result<Orphans, ChunkError> {
     let listed = store.backend.list("chunks/").await?;
     let mut out = Orphans::default();
     for o in listed {
@@ -85,54 +87,45 @@ pub async fn adopt_or_clean(store: &ChunkStore, index: &Index, first_new: u64) -
         if store.set.get(id).is_some() {
             continue;
         }
-        if id >= first_new {
-            let t = store.fetch_tables(id, o.size).await?;
-            if t.header.volume_id == store.volume_id && t.header.kind == KIND_SPILL {
-                out.max_seq = out.max_seq.max(apply_spill_chunk(store, index, &t)?);
-                out.adopted += 1;
-                continue;
-            }
+        let t = store.fetch_tables(id, o.size).await?;
+        let h = t.header;
+        let end = (h.wal_segment, h.wal_offset);
+        if h.volume_id == store.volume_id && h.kind == KIND_SPILL && end > replay_from {
+            let seqs = t.blocks.iter().map(|e| e.seq).chain(t.tombstones.iter().map(|x| x.seq));
+            out.max_seq = out.max_seq.max(seqs.max().unwrap_or(0));
+            out.adopted.push((id, end));
+            continue;
         }
         store.backend.delete(&o.key).await?;
         out.deleted += 1;
     }
-    if out.adopted > 0 || out.deleted > 0 {
+    if !out.adopted.is_empty() || out.deleted > 0 {
         info!(
-            adopted = out.adopted,
+            kept = out.adopted.len(),
             deleted = out.deleted,
-            "chunks the manifest does not name: later spills adopted, leftovers of an unfinished compaction or deletion removed"
+            "chunks the manifest does not name: spills past it kept until a checkpoint covers them, leftovers removed"
         );
     }
     Ok(out)
 }
 
-/// Put a spill chunk's blocks and tombstones into the index where they are newer than what
-/// it holds, and the chunk into the set. Returns the highest sequence number it carries.
+/// `recover`: put a spill chunk's blocks and tombstones into the index where they are
+/// newer than what it holds, and the chunk into the set. Returns the highest sequence
+/// number it carries.
 fn apply_spill_chunk(store: &ChunkStore, index: &Index, t: &ChunkTables) -> Result<u64, ChunkError> {
     let id = t.header.chunk_id;
-    let meta = store.set.insert(meta_from_tables(t)?);
+    store.set.insert(meta_from_tables(t)?);
     let mut max_seq = 0;
-    let mut live = 0;
     for e in &t.blocks {
         max_seq = max_seq.max(e.seq);
         if index.get(e.block).is_none_or(|old| old.seq < e.seq) {
             let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-            if let Some(old) = index.set(e.block, Some(Entry { seq: e.seq, state: BlockState::Persisted(loc) })) {
-                if let BlockState::Persisted(l) = old.state {
-                    store.set.drop_live(l.chunk);
-                }
-            }
-            live += 1;
+            index.set(e.block, Some(Entry { seq: e.seq, state: BlockState::Persisted(loc) }));
         }
     }
-    meta.live.fetch_add(live, Ordering::AcqRel);
     for ts in &t.tombstones {
         max_seq = max_seq.max(ts.seq);
-        for old in index.tombstone(ts.first, u64::from(ts.count), ts.seq, ts.keep_allocated) {
-            if let BlockState::Persisted(l) = old.state {
-                store.set.drop_live(l.chunk);
-            }
-        }
+        index.tombstone(ts.first, u64::from(ts.count), ts.seq, ts.keep_allocated);
     }
     store.set.bump_next_id(id + 1);
     Ok(max_seq)
@@ -162,17 +155,18 @@ pub struct Rebuilt {
 }
 
 /// Rebuild the index from the backend alone: the newest manifest, then every spill chunk
-/// written after it, applied by sequence number (data and tombstones). Compaction chunks
-/// no manifest names are skipped: the chunks they copied from still exist.
+/// that spilled the WAL past it, in id order and by sequence number (data and
+/// tombstones). Compaction chunks no manifest names are skipped: the chunks they copied
+/// from still exist.
 pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<Rebuilt, ChunkError> {
-    let base = newest_backend_manifest(store).await?;
+    let newest = newest_backend_manifest(store).await?;
     let mut next_seq = 1;
-    let mut first_new = 0;
+    let mut replay_from = (0, 0);
     let mut generation = 0;
-    if let Some(m) = &base {
-        apply_manifest(m, index, &store.set)?;
+    if let Some(m) = &newest {
+        apply_manifest(m, index, &mut Base::new(), &store.set)?;
         next_seq = m.next_seq;
-        first_new = m.next_chunk_id;
+        replay_from = m.replay_from;
         generation = m.generation;
     }
     let mut ids: Vec<(u64, u64)> = store
@@ -181,7 +175,7 @@ pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<R
         .await?
         .iter()
         .filter_map(|o| key_chunk(&o.key).map(|id| (id, o.size)))
-        .filter(|(id, _)| *id >= first_new && store.set.get(*id).is_none())
+        .filter(|(id, _)| store.set.get(*id).is_none())
         .collect();
     ids.sort_unstable();
     let mut applied = 0;
@@ -191,7 +185,8 @@ pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<R
             warn!(chunk = format!("{id:016x}"), "chunk of another volume; skipped");
             continue;
         }
-        if t.header.kind != KIND_SPILL {
+        // Spills of the WAL past the manifest; anything else unnamed is a leftover.
+        if t.header.kind != KIND_SPILL || (t.header.wal_segment, t.header.wal_offset) <= replay_from {
             continue;
         }
         next_seq = next_seq.max(apply_spill_chunk(store, index, &t)? + 1);

@@ -8,7 +8,7 @@
 //! block number, pack them into chunks with the log's tombstones, upload, and only then
 //! point the index entries (if unchanged) at the chunk.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::format::{self, BlockIn, ChunkHeader, Tombstone, KIND_COMPACTION, KIND_SPILL};
+use super::base::{Base, BaseRef};
+use super::format::{self, BlockIn, ChunkHeader, ChunkTables, Tombstone, KIND_COMPACTION, KIND_SPILL};
 use super::manifest::{manifest_key, next_place, ChunkRecord, Manifest, Run};
 use super::set::{chunk_key, ChunkMeta};
 use super::store::{meta_from_tables, ChunkStore};
@@ -32,6 +33,12 @@ use crate::wal::record::{RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::records_between;
 use crate::wal::segment::DATA_START;
 use crate::wal::writer::Shared;
+
+/// One block picked from a WAL range for a chunk: block, sequence number, offset of its
+/// bytes in the segment, offset in the range's image.
+type Pick = (u64, u64, u64, usize);
+/// A chunk uploaded for a WAL range: its id, its tables, the blocks in it.
+type Uploaded = (u64, ChunkTables, Vec<Pick>);
 
 /// Tunables of the spill. Every default is stated on its field.
 #[derive(Debug, Clone)]
@@ -80,6 +87,12 @@ struct State {
     /// Chunks with a block that cannot be read (damage): never compacted, so the blocks
     /// that can be read stay where they are and the lost one keeps failing loudly.
     stuck: HashSet<u64>,
+    /// The volume as of `pos`: what a checkpoint records.
+    base: Base,
+    /// Spill chunks of an earlier run that hold data past the loaded manifest, with the
+    /// WAL position each spilled up to. `recover` needs them until a durable manifest
+    /// covers that position; then they are deleted.
+    adopted: Vec<(u64, (u64, u64))>,
     behind_since: Option<Instant>,
 }
 
@@ -103,6 +116,10 @@ pub struct Spiller {
 pub struct SpillStart {
     pub pos: (u64, u64),
     pub generation: u64,
+    /// The state the loaded manifest recorded.
+    pub base: Base,
+    /// Spill chunks past the manifest (see `State::adopted`).
+    pub adopted: Vec<(u64, (u64, u64))>,
 }
 
 impl Spiller {
@@ -134,6 +151,8 @@ impl Spiller {
                 manifest_due: false,
                 doomed: Vec::new(),
                 stuck: HashSet::new(),
+                base: start.base,
+                adopted: start.adopted,
                 behind_since: None,
             }),
             spilled,
@@ -261,7 +280,7 @@ impl Spiller {
             };
             let from = from.max(DATA_START);
             if end > from {
-                self.spill_range(seg.id, &seg, from, end).await?;
+                self.spill_range(st, seg.id, &seg, from, end).await?;
             }
             st.behind_since = None;
             st.pos = if seg.id < to.0 { (seg.id + 1, DATA_START) } else { (seg.id, end.max(from)) };
@@ -272,6 +291,7 @@ impl Spiller {
 
     async fn spill_range(
         &self,
+        st: &mut State,
         seg_id: u64,
         seg: &crate::wal::segment::Segment,
         from: u64,
@@ -279,46 +299,60 @@ impl Spiller {
     ) -> Result<(), ChunkError> {
         let wal_err = |e: crate::wal::WalError| ChunkError::Other(e.to_string());
         let (img, records) = records_between(seg, from, to).map_err(wal_err)?;
-        let index = &self.wal.index;
-        // (block, seq, offset in the segment, offset in img)
-        let mut blocks: Vec<(u64, u64, u64, usize)> = Vec::new();
+        // The newest version of each block in the range, in log order (for one block the log
+        // order is the write order): a tombstone cuts the data before it. Whatever the live
+        // index says now: a newer write may still be in memory only, and until it is
+        // durable this version is the one a checkpoint must keep.
+        let mut latest: BTreeMap<u64, (u64, u64, usize)> = BTreeMap::new(); // block -> (seq, segment offset, img offset)
         let mut tombs = Vec::new();
         for (h, at) in &records {
             match h.kind {
                 RecordKind::Data => {
                     for k in 0..u64::from(h.count) {
                         let off = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
-                        let b = h.block + k;
-                        let current = index.get(b).is_some_and(|e| {
-                            e.seq == h.seq && e.state == (BlockState::Pending { segment: seg_id, offset: off })
-                        });
-                        if current {
-                            blocks.push((b, h.seq, off, (off - from) as usize));
-                        }
+                        latest.insert(h.block + k, (h.seq, off, (off - from) as usize));
                     }
                 }
                 RecordKind::Zero { keep_allocated } => {
+                    let end = h.block.saturating_add(u64::from(h.count));
+                    let cut: Vec<u64> = latest.range(h.block..end).map(|(b, _)| *b).collect();
+                    for b in cut {
+                        latest.remove(&b);
+                    }
                     tombs.push(Tombstone { first: h.block, seq: h.seq, count: h.count, keep_allocated })
                 }
                 RecordKind::Pad => {}
             }
         }
-        blocks.sort_unstable_by_key(|b| b.0);
-        blocks.dedup_by_key(|b| b.0);
+        // A version whose block already has a newer one durable in the WAL is not needed:
+        // a checkpoint at the end of this range replays that newer one. Anything else newer
+        // (in memory, or not yet synced, or a trim) may still be lost, so this version stays.
+        let durable = self.wal.durable_pos();
+        let index = &self.wal.index;
+        let blocks: Vec<Pick> = latest
+            .into_iter()
+            .filter(|(b, (seq, _, _))| {
+                !index.get(*b).is_some_and(|e| {
+                    e.seq > *seq
+                        && matches!(e.state, BlockState::Pending { segment, offset } if (segment, offset) < durable)
+                })
+            })
+            .map(|(b, (q, o, a))| (b, q, o, a))
+            .collect();
         let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
         let img = Arc::new(img);
-        let mut groups: Vec<Vec<(u64, u64, u64, usize)>> = blocks.chunks(per_chunk).map(<[_]>::to_vec).collect();
+        let mut groups: Vec<Vec<Pick>> = blocks.chunks(per_chunk).map(<[_]>::to_vec).collect();
         if groups.is_empty() && !tombs.is_empty() {
             groups.push(Vec::new());
         }
         let mut jobs = Vec::new();
         for (i, g) in groups.into_iter().enumerate() {
             let id = self.store.set.allocate_id();
-            let t = if i == 0 { std::mem::take(&mut tombs) } else { Vec::new() };
+            let t = if i == 0 { tombs.clone() } else { Vec::new() };
             jobs.push((id, g, t));
         }
-        let n_blocks: usize = jobs.iter().map(|j| j.1.len()).sum();
-        let results: Vec<Result<(), ChunkError>> = futures::stream::iter(jobs.into_iter().map(|(id, g, t)| {
+        let n_blocks = blocks.len();
+        let results: Vec<Result<Uploaded, ChunkError>> = futures::stream::iter(jobs.into_iter().map(|(id, g, t)| {
             let img = Arc::clone(&img);
             async move {
                 let header = ChunkHeader {
@@ -341,26 +375,45 @@ impl Spiller {
                 .await
                 .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
                 self.upload(id, Bytes::from(obj)).await?;
-                let meta = self.store.set.insert(meta_from_tables(&tables)?);
-                let mut live = 0;
-                for (e, &(block, seq, off, _)) in tables.blocks.iter().zip(g.iter()) {
-                    let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-                    if self.wal.index.persist(block, seq, seg_id, off, loc) {
-                        live += 1;
-                    }
-                }
-                meta.live.fetch_add(live, Ordering::AcqRel);
-                metrics::counter!(crate::metrics::SPILL_CHUNKS).increment(1);
-                metrics::counter!(crate::metrics::SPILL_BLOCKS).increment(live as u64);
-                debug!(chunk = format!("{id:016x}"), blocks = g.len(), live, "chunk spilled");
-                Ok(())
+                Ok((id, tables, g))
             }
         }))
         .buffer_unordered(self.cfg.upload_parallel.max(1))
         .collect()
         .await;
+        // Chunks that made it stay in the set either way (a failed range is spilled again,
+        // and the next checkpoint lets compaction drop what nothing points into).
+        let mut done = Vec::with_capacity(results.len());
+        let mut failed = None;
         for r in results {
-            r?;
+            match r {
+                Ok((id, tables, g)) => {
+                    self.store.set.insert(meta_from_tables(&tables)?);
+                    done.push((id, tables, g));
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Every chunk of the range is durable: the base takes the range, tombstones first
+        // (data after a tombstone in the range survived it, above).
+        for t in &tombs {
+            st.base.zero(t.first, u64::from(t.count), t.keep_allocated, &self.store.set);
+        }
+        for (id, tables, g) in done {
+            let mut live = 0;
+            for (e, &(block, seq, off, _)) in tables.blocks.iter().zip(g.iter()) {
+                let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
+                st.base.set(block, BaseRef::Chunk(loc), &self.store.set);
+                if self.wal.index.persist(block, seq, seg_id, off, loc) {
+                    live += 1;
+                }
+            }
+            metrics::counter!(crate::metrics::SPILL_CHUNKS).increment(1);
+            metrics::counter!(crate::metrics::SPILL_BLOCKS).increment(g.len() as u64);
+            debug!(chunk = format!("{id:016x}"), blocks = g.len(), current = live, "chunk spilled");
         }
         debug!(segment = seg_id, from, to, blocks = n_blocks, "WAL range spilled");
         Ok(())
@@ -427,17 +480,7 @@ impl Spiller {
             return Ok(false);
         }
         let mut ids: HashSet<u64> = victims.iter().map(|c| c.id).collect();
-        let mut entries: Vec<(u64, Loc)> = self
-            .wal
-            .index
-            .collect(|_, e| matches!(e.state, BlockState::Persisted(l) if ids.contains(&l.chunk)))
-            .into_iter()
-            .filter_map(|(b, e)| match e.state {
-                BlockState::Persisted(l) => Some((b, l)),
-                _ => None,
-            })
-            .collect();
-        entries.sort_unstable_by_key(|e| e.0);
+        let entries: Vec<(u64, Loc)> = st.base.refs_into(&ids);
         let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         for (_, loc) in &entries {
             if !ids.contains(&loc.chunk) {
@@ -495,18 +538,32 @@ impl Spiller {
             .await
             .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
             self.upload(id, Bytes::from(obj)).await?;
-            let meta = self.store.set.insert(meta_from_tables(&tables)?);
-            let mut live = 0;
+            self.store.set.insert(meta_from_tables(&tables)?);
             for (e, (block, from)) in tables.blocks.iter().zip(entries.iter()) {
                 let to = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-                if self.wal.index.relocate(*block, *from, to) {
-                    live += 1;
-                }
+                st.base.relocate(*block, *from, to, &self.store.set);
+                self.wal.index.relocate(*block, *from, to);
             }
-            meta.live.fetch_add(live, Ordering::AcqRel);
             new_id = Some(id);
         }
+        // The live index only points into chunks through versions the base holds; if it
+        // still points into a victim, keep that chunk rather than break a read.
+        let still_read: HashSet<u64> = self
+            .wal
+            .index
+            .collect(|_, e| matches!(e.state, BlockState::Persisted(l) if ids.contains(&l.chunk)))
+            .into_iter()
+            .filter_map(|(_, e)| match e.state {
+                BlockState::Persisted(l) => Some(l.chunk),
+                _ => None,
+            })
+            .collect();
         for c in &victims {
+            if still_read.contains(&c.id) {
+                error!(chunk = format!("{:016x}", c.id), "compaction left reads pointing into a chunk; it is kept");
+                st.stuck.insert(c.id);
+                continue;
+            }
             self.store.set.remove(c.id);
             st.doomed.push(c.id);
         }
@@ -545,6 +602,15 @@ impl Spiller {
             self.store.cache.drop_chunk(id);
             metrics::counter!(crate::metrics::GC_CHUNKS_DELETED).increment(1);
         }
+        let covered: Vec<u64> = st.adopted.iter().filter(|a| a.1 <= m.replay_from).map(|a| a.0).collect();
+        for id in covered {
+            match self.store.backend.delete(&chunk_key(id)).await {
+                Ok(()) => st.adopted.retain(|a| a.0 != id),
+                Err(e) => {
+                    warn!(chunk = format!("{id:016x}"), error = %e, "deleting a superseded chunk failed; it is retried")
+                }
+            }
+        }
         if m.generation > 2 {
             let _ = self.store.backend.delete(&manifest_key(m.generation - 2)).await;
         }
@@ -553,7 +619,7 @@ impl Spiller {
 
     fn snapshot(&self, st: &State) -> Manifest {
         snapshot(
-            &self.wal.index,
+            &st.base,
             &self.store.set,
             self.store.volume_id,
             st.generation + 1,
@@ -563,9 +629,9 @@ impl Spiller {
     }
 }
 
-/// A manifest of the persisted part of `index`: every chunk of `set`, and runs of blocks.
+/// A manifest of `base`: every chunk of `set`, and runs of blocks.
 pub fn snapshot(
-    index: &crate::store::index::Index,
+    base: &Base,
     set: &super::set::ChunkSet,
     volume_id: [u8; 16],
     generation: u64,
@@ -573,19 +639,16 @@ pub fn snapshot(
     replay_from: (u64, u64),
 ) -> Manifest {
     let chunks: Vec<Arc<ChunkMeta>> = set.all();
-    let mut entries =
-        index.collect(|_, e| matches!(e.state, BlockState::Persisted(_) | BlockState::Empty { allocated: true }));
-    entries.sort_unstable_by_key(|e| e.0);
     let frame_blocks = |chunk: u64, frame: u32| {
         set.get(chunk).and_then(|c| c.frames.get(frame as usize).map(|f| f.raw_len / BLOCK_SIZE as u32)).unwrap_or(0)
     };
     let mut runs: Vec<Run> = Vec::new();
     // The place of the last block of the last run.
     let mut last: Option<Loc> = None;
-    for (b, e) in entries {
-        let loc = match e.state {
-            BlockState::Persisted(l) => Some(l),
-            _ => None,
+    for (b, r) in base.sorted() {
+        let loc = match r {
+            BaseRef::Chunk(l) => Some(l),
+            BaseRef::Zeroed => None,
         };
         if let Some(r) = runs.last_mut() {
             let follows = match (last, loc) {

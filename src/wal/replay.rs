@@ -32,8 +32,6 @@ pub struct Replayed {
     pub records: u64,
     /// Bytes of torn or damaged records dropped.
     pub dropped_bytes: u64,
-    /// Chunks of persisted entries the log replaced, one per entry (live counts drop).
-    pub replaced: Vec<u64>,
 }
 
 struct Found {
@@ -89,16 +87,8 @@ pub fn replay(
         let detail = format!("the checkpoint resumes the log at segment {} but it is missing", from.0);
         damage(mode, dir, &detail)?;
     }
-    let mut out = Replayed {
-        segments: Vec::new(),
-        free_slots,
-        last: from,
-        next_seq: 1,
-        next_slot,
-        records: 0,
-        dropped_bytes: 0,
-        replaced: Vec::new(),
-    };
+    let mut out =
+        Replayed { segments: Vec::new(), free_slots, last: from, next_seq: 1, next_slot, records: 0, dropped_bytes: 0 };
     for i in 0..found.len() {
         let f = &found[i];
         let next = found.get(i + 1);
@@ -259,20 +249,18 @@ fn scan_segment(
 fn apply(index: &Index, h: &RecordHeader, segment: u64, at: u64, out: &mut Replayed) {
     out.records += 1;
     out.next_seq = out.next_seq.max(h.seq + 1);
-    let replaced: Vec<Entry> = match h.kind {
-        RecordKind::Data => (0..u64::from(h.count))
-            .filter_map(|k| {
+    match h.kind {
+        RecordKind::Data => {
+            for k in 0..u64::from(h.count) {
                 let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
-                index.set(h.block + k, Some(Entry { seq: h.seq, state: BlockState::Pending { segment, offset } }))
-            })
-            .collect(),
-        RecordKind::Zero { keep_allocated } => index.zero_range(h.block, u64::from(h.count), keep_allocated, h.seq),
-        RecordKind::Pad => Vec::new(),
-    };
-    out.replaced.extend(replaced.into_iter().filter_map(|e| match e.state {
-        BlockState::Persisted(loc) => Some(loc.chunk),
-        _ => None,
-    }));
+                index.set(h.block + k, Some(Entry { seq: h.seq, state: BlockState::Pending { segment, offset } }));
+            }
+        }
+        RecordKind::Zero { keep_allocated } => {
+            index.zero_range(h.block, u64::from(h.count), keep_allocated, h.seq);
+        }
+        RecordKind::Pad => {}
+    }
 }
 
 /// Bytes of a segment range, and its records with their absolute offsets.

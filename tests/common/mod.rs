@@ -433,11 +433,17 @@ impl Server {
     /// Sends SIGTERM and waits up to 10 s for the process to exit; returns
     /// the exit status and the whole stderr log.
     pub fn terminate(&mut self) -> (ExitStatus, String) {
+        self.terminate_within(STOP_TIMEOUT)
+    }
+
+    /// [`terminate`](Self::terminate) with another limit: a clean shutdown drains
+    /// everything to the backend, which takes longer when much is waiting.
+    pub fn terminate_within(&mut self, limit: Duration) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("server already stopped");
         let pid = child.id().to_string();
         let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = child.try_wait().expect("try_wait") {
                 break s;
@@ -448,7 +454,7 @@ impl Server {
                 if let Some(r) = self.reader.take() {
                     let _ = r.join();
                 }
-                panic!("server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n--- stderr ---\n{}", self.log());
+                panic!("server did not exit within {limit:?} of SIGTERM\n--- stderr ---\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(20));
         };
