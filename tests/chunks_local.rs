@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{first_difference, pseudo_random_bytes, require_python_nbd, require_tool, run_py, stdout_of, Server};
+use common::{assert_same_blocks, pseudo_random_bytes, require_python_nbd, require_tool, run_py, stdout_of, Server};
 use spillway::chunk::format::{parse_object, ChunkTables};
 use spillway::chunk::manifest::Manifest;
 use spillway::chunk::set::key_chunk;
@@ -73,12 +73,6 @@ fn assert_manifest_matches_objects(vol: &Path) {
     }
 }
 
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if let Some(i) = first_difference(got, want) {
-        panic!("{what}: differs at byte {i} (block {}), lengths {} and {}", i / BS, got.len(), want.len());
-    }
-}
-
 /// Half pseudo-random (incompressible), half text-like (compressible), 1 MiB at a time.
 fn mixed_data(len: usize) -> Vec<u8> {
     let mut out = pseudo_random_bytes(7, len);
@@ -91,21 +85,6 @@ fn mixed_data(len: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-fn copy_in(server: &Server, data: &[u8], name: &str) {
-    let input = server.dir().join(name);
-    std::fs::write(&input, data).expect("write input");
-    server.run_ok(Command::new("nbdcopy").arg("--flush").arg(&input).arg(server.tcp_uri()));
-}
-
-fn copy_out(server: &Server, len: usize) -> Vec<u8> {
-    let out = server.dir().join("out.img");
-    let _ = std::fs::remove_file(&out);
-    server.run_ok(Command::new("nbdcopy").arg(server.tcp_uri()).arg(&out));
-    let mut got = std::fs::read(&out).expect("read copy");
-    got.truncate(len);
-    got
 }
 
 const SPILL_FLAGS: [&str; 10] =
@@ -123,7 +102,7 @@ fn spill_bounds_the_wal_and_survives_kill_and_restart() {
     let mut first = Server::start(&SPILL_FLAGS);
     let data_dir = first.dir().join("data");
     let vol = vol_dir(&data_dir);
-    copy_in(&first, &data, "in.img");
+    first.copy_in(&data, "in.img", true);
     first.kill9();
     let wal = wal_bytes(&vol);
     assert!(wal <= 9 * MIB as u64, "WAL holds {wal} bytes with --max-wal 8M");
@@ -133,12 +112,12 @@ fn spill_bounds_the_wal_and_survives_kill_and_restart() {
     let dd = data_dir.to_string_lossy().into_owned();
     args.extend(["--data-dir", dd.as_str()]);
     let second = Server::start(&args);
-    assert_same("after SIGKILL and restart", &copy_out(&second, data.len()), &data);
+    assert_same_blocks("after SIGKILL and restart", &second.copy_out(data.len()), &data);
     second.stop();
     assert_manifest_matches_objects(&vol);
 
     let third = Server::start(&args);
-    assert_same("after a clean restart", &copy_out(&third, data.len()), &data);
+    assert_same_blocks("after a clean restart", &third.copy_out(data.len()), &data);
     let log = third.stop();
     assert!(!log.contains("ERROR"), "errors in the log:\n{log}");
     drop(first);
@@ -152,7 +131,7 @@ fn damage_one_block(codec: &str, data: &[u8], victim: u64) -> (String, String) {
     let mut first = Server::start(&flags);
     let data_dir = first.dir().join("data");
     let vol = vol_dir(&data_dir);
-    copy_in(&first, data, "in.img");
+    first.copy_in(data, "in.img", true);
     let (status, _) = first.terminate();
     assert!(status.success());
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{first_difference, pseudo_random_bytes, require_tool, Server};
+use common::{assert_same_blocks, pseudo_random_bytes, require_tool, Server};
 
 const MIB: usize = 1 << 20;
 const BUCKET: &str = "spillway-test";
@@ -128,32 +128,6 @@ fn start(flags: &[String]) -> Server {
     Server::start(&refs)
 }
 
-/// nbdcopy `data` over the start of the export, with a FLUSH at the end when `flush`.
-fn copy_in(server: &Server, data: &[u8], flush: bool) {
-    let input = server.dir().join("in.img");
-    std::fs::write(&input, data).expect("write input");
-    let mut cmd = Command::new("nbdcopy");
-    if flush {
-        cmd.arg("--flush");
-    }
-    server.run_ok(cmd.arg(&input).arg(server.tcp_uri()));
-}
-
-fn read_all(server: &Server, len: usize) -> Vec<u8> {
-    let out = server.dir().join("out.img");
-    let _ = std::fs::remove_file(&out);
-    server.run_ok(Command::new("nbdcopy").arg(server.tcp_uri()).arg(&out));
-    let mut got = std::fs::read(&out).expect("read copy");
-    got.truncate(len);
-    got
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if let Some(i) = first_difference(got, want) {
-        panic!("{what}: differs at byte {i} (block {}), lengths {} and {}", i / 4096, got.len(), want.len());
-    }
-}
-
 fn recover(s3: &S3, data_dir: &Path) -> String {
     let out = common::run_capture(
         Command::new(env!("CARGO_BIN_EXE_spillway"))
@@ -178,11 +152,11 @@ fn s3_write_restart_read_back() {
     let dir = tmp.path().join("vol");
     let flags = serve_flags(&s3, &dir, &[]);
     let server = start(&flags);
-    copy_in(&server, &data, true);
+    server.copy_in(&data, "in.img", true);
     server.stop();
     assert!(s3.chunks() >= 24, "only {} chunk objects in the bucket for 24 MiB", s3.chunks());
     let server = start(&flags);
-    assert_same("after restart", &read_all(&server, data.len()), &data);
+    assert_same_blocks("after restart", &server.copy_out(data.len()), &data);
     server.stop();
 }
 
@@ -199,13 +173,13 @@ fn s3_recover_after_clean_shutdown() {
     let dir = tmp.path().join("vol");
     let flags = serve_flags(&s3, &dir, &[]);
     let server = start(&flags);
-    copy_in(&server, &data, false);
+    server.copy_in(&data, "in.img", false);
     server.stop();
     std::fs::remove_dir_all(&dir).expect("lose the data directory");
     let text = recover(&s3, &dir);
     assert!(text.contains("recovered \"default\""), "recover said:\n{text}");
     let server = start(&flags);
-    assert_same("after recover", &read_all(&server, data.len()), &data);
+    assert_same_blocks("after recover", &server.copy_out(data.len()), &data);
     server.stop();
 }
 
@@ -225,16 +199,16 @@ fn s3_flush_target_backend_survives_kill_and_disk_loss() {
     let flags = serve_flags(&s3, &dir, &["--flush-target", "backend", "--spill-age", "60s"]);
 
     let mut server = start(&flags);
-    copy_in(&server, &data, true);
+    server.copy_in(&data, "in.img", true);
     server.kill9();
     std::fs::remove_dir_all(&dir).expect("lose the data directory");
     recover(&s3, &dir);
     let server = start(&flags);
-    assert_same("recovered after SIGKILL", &read_all(&server, data.len()), &data);
+    assert_same_blocks("recovered after SIGKILL", &server.copy_out(data.len()), &data);
 
     // Overwrite with new data (flushed), kill, restart once, kill again, lose the disk.
     let data2 = pseudo_random_bytes(24, 16 * MIB);
-    copy_in(&server, &data2, true);
+    server.copy_in(&data2, "in.img", true);
     let mut server = server;
     server.kill9();
     let mut again = start(&flags);
@@ -242,7 +216,7 @@ fn s3_flush_target_backend_survives_kill_and_disk_loss() {
     std::fs::remove_dir_all(&dir).expect("lose the data directory");
     recover(&s3, &dir);
     let server = start(&flags);
-    assert_same("recovered after two SIGKILLs and a restart", &read_all(&server, data2.len()), &data2);
+    assert_same_blocks("recovered after two SIGKILLs and a restart", &server.copy_out(data2.len()), &data2);
     server.stop();
 }
 
@@ -290,9 +264,9 @@ fn s3_outage_stalls_the_workload_then_it_completes() {
     };
     assert!(status.success(), "nbdcopy failed after the outage\n{}", server.log());
     assert!(server.log().contains("backend reachable again"), "no recovery logged\n{}", server.log());
-    assert_same("after the outage", &read_all(&server, data.len()), &data);
+    assert_same_blocks("after the outage", &server.copy_out(data.len()), &data);
     server.stop();
     let server = start(&flags);
-    assert_same("after the outage and a restart", &read_all(&server, data.len()), &data);
+    assert_same_blocks("after the outage and a restart", &server.copy_out(data.len()), &data);
     server.stop();
 }

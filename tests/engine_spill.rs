@@ -3,6 +3,8 @@
 //! everything completes when it returns; a slow backend changes nothing but speed.
 //! Counts and contents only, no timing assertions.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,15 +41,7 @@ async fn open(dir: &Path) -> (Volume, Arc<BackendFaults>) {
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pseudo_random_bytes(seed, len)
 }
 
 async fn check(v: &Volume, mib: u64, what: &str) {

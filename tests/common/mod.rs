@@ -206,6 +206,13 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Panics, naming the first differing byte and its 4 KiB block, unless `got == want`.
+pub fn assert_same_blocks(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(i) = first_difference(got, want) {
+        panic!("{what}: differs at byte {i} (block {}), lengths {} and {}", i / 4096, got.len(), want.len());
+    }
+}
+
 /// Index of the first differing byte of two buffers (or of the shorter
 /// length if one is a prefix of the other).
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -462,6 +469,28 @@ impl Server {
             let _ = r.join();
         }
         (status, self.log())
+    }
+
+    /// `nbdcopy` the file `data` (written under the server's directory as `name`) over the
+    /// start of the default export, with a FLUSH at the end when `flush`.
+    pub fn copy_in(&self, data: &[u8], name: &str, flush: bool) {
+        let input = self.dir().join(name);
+        std::fs::write(&input, data).unwrap_or_else(|e| panic!("write {}: {e}", input.display()));
+        let mut cmd = Command::new("nbdcopy");
+        if flush {
+            cmd.arg("--flush");
+        }
+        self.run_ok(cmd.arg(&input).arg(self.tcp_uri()));
+    }
+
+    /// The first `len` bytes of the default export, through `nbdcopy`.
+    pub fn copy_out(&self, len: usize) -> Vec<u8> {
+        let out = self.dir().join("out.img");
+        let _ = std::fs::remove_file(&out);
+        self.run_ok(Command::new("nbdcopy").arg(self.tcp_uri()).arg(&out));
+        let mut got = std::fs::read(&out).expect("read the nbdcopy output");
+        got.truncate(len);
+        got
     }
 
     /// SIGKILL (kill -9) and reap the process; returns the stderr log.
