@@ -106,3 +106,19 @@ async fn a_slow_backend_changes_nothing_but_speed() {
     assert!(faults.gets.load(Ordering::Acquire) > 0, "the reads did not come from chunks");
     v.close().await.unwrap();
 }
+
+/// A damaged object among the chunks that no manifest names (a stray, or a torn object on
+/// a store without atomic puts) does not stop the volume from opening: it is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_unnamed_chunk_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path()).await;
+    v.write(0, &pattern(0, MIB as usize), false).await.unwrap();
+    v.close().await.unwrap();
+    let stray = dir.path().join("objects").join("chunks").join("00000000000000ff");
+    std::fs::write(&stray, b"not a chunk at all, just some bytes that are long enough to have a footer spot").unwrap();
+    let (v, _) = open(dir.path()).await;
+    assert!(!stray.exists(), "the unreadable stray chunk is still there");
+    check(&v, 1, "after removing a stray").await;
+    v.close().await.unwrap();
+}

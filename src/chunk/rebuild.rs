@@ -87,7 +87,17 @@ pub async fn adopt_or_clean(store: &ChunkStore, replay_from: (u64, u64)) -> Resu
         if store.set.get(id).is_some() {
             continue;
         }
-        let t = store.fetch_tables(id, o.size).await?;
+        let t = match store.fetch_tables(id, o.size).await {
+            Ok(t) => t,
+            Err(e @ ChunkError::Format { .. }) => {
+                // Useless to `recover`, and whatever it spilled is still in the local WAL.
+                warn!(chunk = format!("{id:016x}"), error = %e, "unreadable chunk the manifest does not name; deleted");
+                store.backend.delete(&o.key).await?;
+                out.deleted += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let h = t.header;
         let end = (h.wal_segment, h.wal_offset);
         if h.volume_id == store.volume_id && h.kind == KIND_SPILL && end > replay_from {
