@@ -204,3 +204,82 @@ pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<R
     }
     Ok(Rebuilt { manifest_generation: generation, chunks_applied: applied, next_seq })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::chunk::format::{build, BlockIn, ChunkHeader, Tombstone, KIND_COMPACTION};
+    use crate::chunk::manifest::{manifest_key, Run};
+    use crate::chunk::set::chunk_key;
+    use crate::chunk::spiller::snapshot;
+
+    const VOL: [u8; 16] = [9; 16];
+
+    async fn put_chunk(
+        store: &ChunkStore,
+        id: u64,
+        kind: u8,
+        end: (u64, u64),
+        blocks: &[(u64, u64, u8)],
+        tombs: &[Tombstone],
+    ) {
+        let datas: Vec<Vec<u8>> = blocks.iter().map(|b| vec![b.2; BLOCK_SIZE]).collect();
+        let ins: Vec<BlockIn> =
+            blocks.iter().zip(&datas).map(|(b, d)| BlockIn { block: b.0, seq: b.1, data: d }).collect();
+        let h = ChunkHeader { codec: 0, kind, volume_id: VOL, chunk_id: id, wal_segment: end.0, wal_offset: end.1 };
+        let (obj, _) = build(h, Compression::None, &ins, tombs);
+        store.backend.put(&chunk_key(id), Bytes::from(obj)).await.unwrap();
+    }
+
+    fn state(index: &Index, b: u64) -> Option<(u64, u64)> {
+        index.get(b).and_then(|e| match e.state {
+            BlockState::Persisted(l) => Some((l.chunk, e.seq)),
+            _ => None,
+        })
+    }
+
+    /// Spill chunks past the manifest are applied in order, data and tombstones by
+    /// sequence number; chunks at or before its position and compaction leftovers are not.
+    #[tokio::test]
+    async fn recover_applies_later_spills_with_their_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(Arc::new(LocalBackend::new(dir.path()).unwrap()), ChunkSet::new(1), 0, VOL);
+        // Chunk 1, named by the manifest: blocks 0..4.
+        put_chunk(&store, 1, KIND_SPILL, (1, 100), &[(0, 1, 1), (1, 2, 1), (2, 3, 1), (3, 4, 1)], &[]).await;
+        // Chunk 2, unnamed, at the manifest's position: a leftover, not applied.
+        put_chunk(&store, 2, KIND_SPILL, (1, 100), &[(0, 5, 2)], &[]).await;
+        // Chunk 3, unnamed compaction chunk: not applied.
+        put_chunk(&store, 3, KIND_COMPACTION, (9, 0), &[(0, 0, 3)], &[]).await;
+        // Chunk 4, past the manifest: trims 1..3 (seq 10), then rewrites 2 (seq 11).
+        let trim = Tombstone { first: 1, seq: 10, count: 2, keep_allocated: false };
+        put_chunk(&store, 4, KIND_SPILL, (2, 4096), &[(2, 11, 4)], &[trim]).await;
+        // Chunk 5, later still: block 3 zeroed with NO_HOLE (seq 12).
+        let zero = Tombstone { first: 3, seq: 12, count: 1, keep_allocated: true };
+        put_chunk(&store, 5, KIND_SPILL, (2, 8192), &[], &[zero]).await;
+
+        let named = ChunkStore::new(Arc::clone(&store.backend), ChunkSet::new(1), 0, VOL);
+        named
+            .set
+            .insert(meta_from_tables(&named.fetch_tables(1, 4096 * 4 + 64 + 24 + 4 * 32 + 48).await.unwrap()).unwrap());
+        let mut base = Base::new();
+        for b in 0..4 {
+            base.set(b, BaseRef::Chunk(Loc { chunk: 1, frame: 0, idx: b as u32 }), &named.set);
+        }
+        let m = snapshot(&base, &named.set, VOL, 7, 5, (1, 100));
+        assert_eq!(m.runs, vec![Run { first: 0, count: 4, loc: Some(Loc { chunk: 1, frame: 0, idx: 0 }) }]);
+        store.backend.put(&manifest_key(7), Bytes::from(m.encode())).await.unwrap();
+
+        let index = Index::new(4);
+        let r = rebuild_from_backend(&store, &index).await.unwrap();
+        assert_eq!((r.manifest_generation, r.chunks_applied, r.next_seq), (7, 2, 13));
+        assert_eq!(state(&index, 0), Some((1, 0)), "block 0 from the manifest; chunks 2 and 3 ignored");
+        assert_eq!(index.get(1), None, "block 1 trimmed past the manifest");
+        assert_eq!(state(&index, 2), Some((4, 11)), "block 2 rewritten after the trim");
+        assert_eq!(index.get(3).map(|e| e.state), Some(BlockState::Empty { allocated: true }), "block 3 zeroed");
+    }
+}
