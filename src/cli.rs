@@ -156,6 +156,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value = "4")]
     pub upload_parallel: usize,
 
+    /// Serve Prometheus metrics (text format) at http://HOST:PORT/metrics, e.g.
+    /// 127.0.0.1:9108. Off unless given. The names are listed in docs/metrics.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Serve RAM volumes instead: nothing is written to disk and the data does NOT survive
     /// a restart. For benchmarks of the protocol path.
     #[arg(long)]

@@ -1,75 +1,139 @@
-//! The device behind an export: a durable volume, or a RAM volume for benchmarks.
+//! The device behind an export: a durable volume, or a RAM volume for benchmarks, with
+//! per-operation request, byte, error and latency metrics.
+
+use std::time::Instant;
 
 use nbd::{BlockDevice, Extent, ZeroFlags};
 
 use crate::error::VolumeError;
 use crate::memory_volume::MemoryVolume;
+use crate::metrics::OpMetrics;
 use crate::volume::Volume;
 
-pub enum Device {
+pub enum Volumes {
     Durable(Volume),
     Memory(MemoryVolume),
 }
 
+pub struct Device {
+    pub volume: Volumes,
+    ops: Ops,
+}
+
+struct Ops {
+    read: OpMetrics,
+    write: OpMetrics,
+    flush: OpMetrics,
+    trim: OpMetrics,
+    write_zeroes: OpMetrics,
+    block_status: OpMetrics,
+}
+
 impl Device {
+    pub fn new(volume: Volumes) -> Self {
+        let ops = Ops {
+            read: OpMetrics::new("read"),
+            write: OpMetrics::new("write"),
+            flush: OpMetrics::new("flush"),
+            trim: OpMetrics::new("trim"),
+            write_zeroes: OpMetrics::new("write_zeroes"),
+            block_status: OpMetrics::new("block_status"),
+        };
+        Self { volume, ops }
+    }
+
     /// Sync and stop (durable volumes); nothing for RAM volumes.
     pub async fn close(&self) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.close().await,
-            Device::Memory(_) => Ok(()),
+        match &self.volume {
+            Volumes::Durable(v) => v.close().await,
+            Volumes::Memory(_) => Ok(()),
         }
     }
+}
+
+/// Count a request in `m` once `$call` completes.
+macro_rules! timed {
+    ($m:expr, $bytes:expr, $call:expr) => {{
+        let started = Instant::now();
+        let r = $call;
+        $m.record(started, $bytes, r.is_ok());
+        r
+    }};
 }
 
 impl BlockDevice for Device {
     type Error = VolumeError;
 
     fn size(&self) -> u64 {
-        match self {
-            Device::Durable(v) => v.size(),
-            Device::Memory(v) => v.size(),
+        match &self.volume {
+            Volumes::Durable(v) => v.size(),
+            Volumes::Memory(v) => v.size(),
         }
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.read(offset, buf).await,
-            Device::Memory(v) => v.read(offset, buf).await,
-        }
+        timed!(
+            self.ops.read,
+            buf.len() as u64,
+            match &self.volume {
+                Volumes::Durable(v) => v.read(offset, buf).await,
+                Volumes::Memory(v) => v.read(offset, buf).await,
+            }
+        )
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.write(offset, data, fua).await,
-            Device::Memory(v) => v.write(offset, data, fua).await,
-        }
+        timed!(
+            self.ops.write,
+            data.len() as u64,
+            match &self.volume {
+                Volumes::Durable(v) => v.write(offset, data, fua).await,
+                Volumes::Memory(v) => v.write(offset, data, fua).await,
+            }
+        )
     }
 
     async fn flush(&self) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.flush().await,
-            Device::Memory(v) => v.flush().await,
-        }
+        timed!(
+            self.ops.flush,
+            0,
+            match &self.volume {
+                Volumes::Durable(v) => v.flush().await,
+                Volumes::Memory(v) => v.flush().await,
+            }
+        )
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.trim(offset, len, fua).await,
-            Device::Memory(v) => v.trim(offset, len, fua).await,
-        }
+        timed!(
+            self.ops.trim,
+            len,
+            match &self.volume {
+                Volumes::Durable(v) => v.trim(offset, len, fua).await,
+                Volumes::Memory(v) => v.trim(offset, len, fua).await,
+            }
+        )
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), VolumeError> {
-        match self {
-            Device::Durable(v) => v.write_zeroes(offset, len, flags).await,
-            Device::Memory(v) => v.write_zeroes(offset, len, flags).await,
-        }
+        timed!(
+            self.ops.write_zeroes,
+            len,
+            match &self.volume {
+                Volumes::Durable(v) => v.write_zeroes(offset, len, flags).await,
+                Volumes::Memory(v) => v.write_zeroes(offset, len, flags).await,
+            }
+        )
     }
 
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, VolumeError> {
-        match self {
-            Device::Durable(v) => v.block_status(offset, len).await,
-            Device::Memory(v) => v.block_status(offset, len).await,
-        }
+        timed!(
+            self.ops.block_status,
+            0,
+            match &self.volume {
+                Volumes::Durable(v) => v.block_status(offset, len).await,
+                Volumes::Memory(v) => v.block_status(offset, len).await,
+            }
+        )
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::chunk::spiller::SpillConfig;
 use crate::cli::ServeArgs;
-use crate::device::Device;
+use crate::device::{Device, Volumes};
 use crate::io::faulty::FaultyFs;
 use crate::io::std_fs::StdFs;
 use crate::io::FileSystem;
@@ -65,7 +65,10 @@ async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
         }
         let (device, description) = if args.memory {
             let size = args.size.unwrap_or(DEFAULT_SIZE);
-            (Device::Memory(MemoryVolume::new(size)), format!("spillway RAM volume {name:?} (not persistent)"))
+            (
+                Device::new(Volumes::Memory(MemoryVolume::new(size))),
+                format!("spillway RAM volume {name:?} (not persistent)"),
+            )
         } else {
             let dir = args.data_dir.join("volumes").join(export_dir_name(&name));
             let dir_name = export_dir_name(&name);
@@ -101,7 +104,10 @@ async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
             let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)
                 .await
                 .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;
-            (Device::Durable(v), format!("spillway volume {name:?} ({} durability)", args.durability.name()))
+            (
+                Device::new(Volumes::Durable(v)),
+                format!("spillway volume {name:?} ({} durability)", args.durability.name()),
+            )
         };
         out.push(Export { description, name, device: Arc::new(device), read_only: args.read_only });
     }
@@ -126,6 +132,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let _lock = if args.memory { None } else { Some(lock_data_dir(&args.data_dir)?) };
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics::install_prometheus(addr)?;
+        info!("metrics on http://{addr}/metrics");
+    }
     if args.memory {
         warn!("serving RAM volumes (--memory): data lives in memory only and does NOT survive a restart");
     } else if args.durability == Durability::Async {
