@@ -88,6 +88,20 @@ pub fn exp2(n: u32) -> u16 {
     tables().exp[(n % ORDER) as usize]
 }
 
+/// The discrete log base 2 of `a`; `None` for zero.
+pub fn log2(a: u16) -> Option<u32> {
+    (a != 0).then(|| tables().log[a as usize] as u32)
+}
+
+/// `2^l * 2^j` for j = 0..16 (with `l` reduced mod 65535): sixteen consecutive antilogs, the
+/// products of `2^l` with each single bit of a word.
+pub fn bit_products(l: u32) -> [u16; 16] {
+    let l = (l % ORDER) as usize;
+    let mut out = [0u16; 16];
+    out.copy_from_slice(&tables().exp[l..l + 16]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +146,13 @@ mod tests {
         }
         assert!(!seen[0]);
         assert_eq!(exp2(ORDER), 1);
+        assert_eq!(log2(0), None);
+        assert_eq!(log2(exp2(1234)), Some(1234));
+        let c = exp2(65530);
+        let p = bit_products(65530);
+        for (j, v) in p.iter().enumerate() {
+            assert_eq!(*v, mul(c, 1 << j), "bit {j}");
+        }
     }
 
     #[test]

@@ -101,6 +101,17 @@ impl Kernel {
         }
     }
 
+    /// `dst[i] ^= 2^l * src[i]`: plain XOR when `2^l == 1`, else through tables built from
+    /// the antilog table.
+    pub fn mul_add_log(self, dst: &mut [u8], src: &[u8], l: u32) {
+        if l % field::ORDER == 0 {
+            assert_eq!(dst.len(), src.len(), "gf16 regions differ in length");
+            xor_into(dst, src);
+        } else {
+            self.mul_add(dst, src, &NibbleTables::from_log(l));
+        }
+    }
+
     /// `dst[i] ^= c * src[i]`, building the tables for `c` (skips `c == 0`, XORs for `c == 1`).
     pub fn mul_add_coeff(self, dst: &mut [u8], src: &[u8], c: u16) {
         match c {
@@ -198,6 +209,11 @@ mod tests {
                 let mut via_coeff = dst_buf[region.clone()].to_vec();
                 k.mul_add_coeff(&mut via_coeff, src, c);
                 prop_assert_eq!(&via_coeff, &want, "kernel {} via mul_add_coeff", k.kind());
+                if let Some(l) = field::log2(c) {
+                    let mut via_log = dst_buf[region.clone()].to_vec();
+                    k.mul_add_log(&mut via_log, src, l + 65535 * (seed % 3) as u32);
+                    prop_assert_eq!(&via_log, &want, "kernel {} via mul_add_log", k.kind());
+                }
             }
         }
     }

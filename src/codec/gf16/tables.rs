@@ -5,7 +5,7 @@
 //! `Tk[n] = c * (n << 4k)`. Each `Tk` is stored as two 16-byte tables (low and high product
 //! bytes) so that a byte shuffle (pshufb, NEON tbl) can look up 16 or 32 nibbles at once.
 
-use super::field::mul2;
+use super::field::{bit_products, log2};
 
 /// The eight 16-byte lookup tables for multiplying by one coefficient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +19,19 @@ pub struct NibbleTables {
 }
 
 impl NibbleTables {
-    /// Tables for multiplying by `c`: 16 doublings and 60 XORs, cheap enough to build per call.
+    /// Tables for multiplying by `c`.
     pub fn new(c: u16) -> Self {
-        let mut base = [0u16; 16];
-        let mut v = c;
-        for b in base.iter_mut() {
-            *b = v;
-            v = mul2(v);
+        match log2(c) {
+            Some(l) => Self::from_log(l),
+            None => NibbleTables { lo: [[0; 16]; 4], hi: [[0; 16]; 4], coefficient: 0 },
         }
+    }
+
+    /// Tables for multiplying by `2^l`: the sixteen single-bit products come straight from
+    /// the antilog table, and each nibble table is built from four of them with 15 XORs.
+    /// Cheap enough to build for every (input slice, recovery slice) pair.
+    pub fn from_log(l: u32) -> Self {
+        let base = bit_products(l);
         let mut lo = [[0u8; 16]; 4];
         let mut hi = [[0u8; 16]; 4];
         for k in 0..4 {
@@ -39,7 +44,7 @@ impl NibbleTables {
                 hi[k][n] = (t[n] >> 8) as u8;
             }
         }
-        NibbleTables { lo, hi, coefficient: c }
+        NibbleTables { lo, hi, coefficient: base[0] }
     }
 
     pub fn coefficient(&self) -> u16 {
@@ -68,6 +73,9 @@ mod tests {
         for c in [0u16, 1, 2, 3, 0x100B, 0x8000, 0xFFFF, 0x1234] {
             let t = NibbleTables::new(c);
             assert_eq!(t.coefficient(), c);
+            if let Some(l) = crate::codec::gf16::field::log2(c) {
+                assert_eq!(NibbleTables::from_log(l + 65535), t);
+            }
             for w in (0..=u16::MAX).step_by(7).chain([u16::MAX]) {
                 assert_eq!(t.mul_word(w), mul(c, w), "{c:#x} * {w:#x}");
             }

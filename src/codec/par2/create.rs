@@ -1,10 +1,10 @@
 //! Writing a recovery set for one file: checksums, Reed-Solomon recovery slices, packets.
 
-use super::layout::{input_constants, Par2Params};
+use super::layout::{coefficient_log, input_logs, Par2Params};
 use super::packet::{self, Hash, TYPE_CREATOR, TYPE_FILE_DESC, TYPE_IFSC, TYPE_MAIN, TYPE_RECV_SLICE};
 use super::packets::{file_id, FileDesc, Ifsc, Main};
 use super::Par2Error;
-use crate::codec::gf16::{pow, Kernel};
+use crate::codec::gf16::Kernel;
 
 /// The Creator packet's text (no version in it, so the pinned bytes stay put across releases).
 pub const CREATOR: &str = "spillway";
@@ -48,14 +48,14 @@ pub(super) fn describe(name: &str, data: &[u8]) -> FileDesc {
 /// Recovery slices with the given exponents: `R_e = sum_i c_i^e * slice_i`, one after another.
 pub(super) fn recovery_data(data: &[u8], slice_size: usize, exponents: &[u32]) -> Result<Vec<u8>, Par2Error> {
     let count = data.len().div_ceil(slice_size);
-    let constants = input_constants(count)?;
+    let logs = input_logs(count)?;
     let kernel = Kernel::best();
     let mut out = vec![0u8; exponents.len() * slice_size];
     let mut pad = Vec::new();
-    for (i, &c) in constants.iter().enumerate() {
+    for (i, &log) in logs.iter().enumerate() {
         let src = slice_padded(data, slice_size, i, &mut pad);
         for (dst, &e) in out.chunks_exact_mut(slice_size).zip(exponents) {
-            kernel.mul_add_coeff(dst, src, pow(c, e));
+            kernel.mul_add_log(dst, src, coefficient_log(log, e));
         }
     }
     Ok(out)

@@ -64,16 +64,27 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
     a
 }
 
-/// The constant of each input slice, in order: `2^n` for n = 1, 2, 4, 7, 8, 11, ... (every n
-/// with gcd(n, 65535) = 1, ascending), as PAR 2.0 and par2cmdline assign them.
-pub fn input_constants(count: usize) -> Result<Vec<u16>, Par2Error> {
-    let out: Vec<u16> = (1..ORDER).filter(|&n| gcd(n, ORDER) == 1).take(count).map(exp2).collect();
+/// The log (base 2) of each input slice's constant, in order: n = 1, 2, 4, 7, 8, 11, ...
+/// (every n with gcd(n, 65535) = 1, ascending), as PAR 2.0 and par2cmdline assign them.
+pub fn input_logs(count: usize) -> Result<Vec<u32>, Par2Error> {
+    let out: Vec<u32> = (1..ORDER).filter(|&n| gcd(n, ORDER) == 1).take(count).collect();
     if out.len() < count {
         return Err(Par2Error::InvalidParams(format!(
             "{count} source slices: PAR2 allows at most {MAX_SOURCE_SLICES}"
         )));
     }
     Ok(out)
+}
+
+/// The constant `2^n` of each input slice, in order (see [`input_logs`]).
+pub fn input_constants(count: usize) -> Result<Vec<u16>, Par2Error> {
+    Ok(input_logs(count)?.into_iter().map(exp2).collect())
+}
+
+/// The log of the coefficient of input slice `log` in the recovery slice with `exponent`:
+/// `(2^log)^exponent = 2^(log * exponent)`.
+pub fn coefficient_log(log: u32, exponent: u32) -> u32 {
+    ((log as u64 * exponent as u64) % ORDER as u64) as u32
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 use std::ops::Range;
 
 use super::create::slice_padded;
-use super::layout::input_constants;
+use super::layout::{coefficient_log, input_logs};
 use super::matrix::invert;
 use super::packet;
 use super::set::RecoverySet;
 use super::Par2Error;
-use crate::codec::gf16::{pow, Kernel};
+use crate::codec::gf16::{exp2, Kernel};
 
 /// What [`verify_and_repair`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ fn rebuild(set: &RecoverySet<'_>, work: &mut [u8], damaged: &[u32]) -> Result<Ve
         return Err(Par2Error::Unrepairable { damaged: damaged.to_vec(), recovery_available: set.recovery.len() });
     }
     let slice_size = set.main.slice_size as usize;
-    let constants = input_constants(set.ifsc.slices.len())?;
+    let logs = input_logs(set.ifsc.slices.len())?;
     let used = &set.recovery[..k];
     let kernel = Kernel::best();
 
@@ -99,20 +99,22 @@ fn rebuild(set: &RecoverySet<'_>, work: &mut [u8], damaged: &[u32]) -> Result<Ve
     let mut owed: Vec<u8> = used.iter().flat_map(|(_, d)| d.iter().copied()).collect();
     let mut pad = Vec::new();
     let mut next_damaged = damaged.iter().peekable();
-    for (i, &c) in constants.iter().enumerate() {
+    for (i, &log) in logs.iter().enumerate() {
         if next_damaged.peek() == Some(&&(i as u32)) {
             next_damaged.next();
             continue;
         }
         let src = slice_padded(work, slice_size, i, &mut pad);
         for (dst, (e, _)) in owed.chunks_exact_mut(slice_size).zip(used) {
-            kernel.mul_add_coeff(dst, src, pow(c, *e));
+            kernel.mul_add_log(dst, src, coefficient_log(log, *e));
         }
     }
 
     // M[j][m] = c_{d_m}^{e_j}; the damaged slices are M^-1 * R'.
-    let m: Vec<Vec<u16>> =
-        used.iter().map(|(e, _)| damaged.iter().map(|&d| pow(constants[d as usize], *e)).collect()).collect();
+    let m: Vec<Vec<u16>> = used
+        .iter()
+        .map(|(e, _)| damaged.iter().map(|&d| exp2(coefficient_log(logs[d as usize], *e))).collect())
+        .collect();
     let m_inv = invert(m).ok_or(Par2Error::Singular)?;
     let mut rebuilt = vec![0u8; slice_size];
     for (row, &d) in m_inv.iter().zip(damaged) {
