@@ -33,7 +33,9 @@ impl Kernel {
         let ok = match kind {
             KernelKind::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Ssse3 => std::arch::is_x86_feature_detected!("ssse3"),
+            KernelKind::Ssse3 => {
+                std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt")
+            }
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")

@@ -40,71 +40,97 @@ unsafe fn encode_one(b: u8, col: &mut usize, line_len: usize, dst: *mut u8) -> u
     k
 }
 
-/// One 16-byte encode step at `src` (at least 17 bytes remain): returns (consumed, written).
+/// Write one expanded 8-byte group (escape mask `m8`, bytes in the low half of `group`) at
+/// `dst`: 16 bytes are stored, `8 + m8.count_ones()` of them are the output.
 #[target_feature(enable = "ssse3")]
-unsafe fn encode_step16(src: *const u8, col: &mut usize, line_len: usize, dst: *mut u8) -> (usize, usize) {
-    // SAFETY: 16 bytes are readable at `src`; the caller reserved 2 * 16 + 4 bytes at `dst`;
-    // the table indices are < 256.
+#[inline]
+unsafe fn put_group(group: __m128i, m8: usize, dst: *mut u8) {
+    // SAFETY: `m8` < 256 indexes the tables; the caller has 16 writable bytes at `dst`.
     unsafe {
-        if *col == 0 || *col + 8 >= line_len {
-            return (1, encode_one(*src, col, line_len, dst));
-        }
-        let o = _mm_add_epi8(_mm_loadu_si128(src.cast()), _mm_set1_epi8(42));
-        let crit = _mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(o, _mm_setzero_si128()), _mm_cmpeq_epi8(o, _mm_set1_epi8(b'=' as i8))),
-            _mm_or_si128(_mm_cmpeq_epi8(o, _mm_set1_epi8(b'\n' as i8)), _mm_cmpeq_epi8(o, _mm_set1_epi8(b'\r' as i8))),
-        );
-        let m = _mm_movemask_epi8(crit) as usize;
-        if m == 0 && *col + 16 < line_len {
-            _mm_storeu_si128(dst.cast(), o);
-            *col += 16;
-            return (16, 16);
-        }
-        let escaped = _mm_add_epi8(o, _mm_and_si128(crit, _mm_set1_epi8(64)));
-        let eq_char = _mm_set1_epi8(b'=' as i8);
-        let (mut consumed, mut written) = (0, 0);
-        for (g, group) in [escaped, _mm_srli_si128::<8>(escaped)].into_iter().enumerate() {
-            let m8 = (m >> (8 * g)) & 0xff;
-            let len = 8 + m8.count_ones() as usize;
-            if *col + len >= line_len {
-                break;
-            }
-            let index = _mm_loadu_si128(ENCODE_INDEX[m8].as_ptr().cast());
-            let eq = _mm_loadu_si128(ENCODE_EQ[m8].as_ptr().cast());
-            let out = _mm_shuffle_epi8(group, index);
-            let out = _mm_or_si128(_mm_andnot_si128(eq, out), _mm_and_si128(eq, eq_char));
-            _mm_storeu_si128(dst.add(written).cast(), out);
-            *col += len;
-            consumed += 8;
-            written += len;
-        }
-        if consumed == 0 {
-            return (1, encode_one(*src, col, line_len, dst));
-        }
-        (consumed, written)
+        let index = _mm_loadu_si128(ENCODE_INDEX[m8].as_ptr().cast());
+        let eq = _mm_loadu_si128(ENCODE_EQ[m8].as_ptr().cast());
+        let out = _mm_shuffle_epi8(group, index);
+        let out = _mm_or_si128(_mm_andnot_si128(eq, out), _mm_and_si128(eq, _mm_set1_epi8(b'=' as i8)));
+        _mm_storeu_si128(dst.cast(), out);
     }
 }
 
+/// The encoded bytes (+42) of 16 bytes, with 64 added where escaped, and the escape mask.
 #[target_feature(enable = "ssse3")]
-unsafe fn encode_ssse3(data: &[u8], col: &mut usize, line_len: usize, dst: *mut u8) -> (usize, usize) {
-    let (mut i, mut w) = (0, 0);
-    while i + 16 < data.len() {
-        // SAFETY: 16 bytes remain at `i`; the caller reserved room for the worst case.
-        let (c, n) = unsafe { encode_step16(data.as_ptr().add(i), col, line_len, dst.add(w)) };
-        i += c;
-        w += n;
-    }
-    (i, w)
+#[inline]
+unsafe fn encode16(v: __m128i) -> (__m128i, __m128i, u32) {
+    let o = _mm_add_epi8(v, _mm_set1_epi8(42));
+    let crit = _mm_or_si128(
+        _mm_or_si128(_mm_cmpeq_epi8(o, _mm_setzero_si128()), _mm_cmpeq_epi8(o, _mm_set1_epi8(b'=' as i8))),
+        _mm_or_si128(_mm_cmpeq_epi8(o, _mm_set1_epi8(b'\n' as i8)), _mm_cmpeq_epi8(o, _mm_set1_epi8(b'\r' as i8))),
+    );
+    let escaped = _mm_add_epi8(o, _mm_and_si128(crit, _mm_set1_epi8(64)));
+    (o, escaped, _mm_movemask_epi8(crit) as u32)
 }
 
-#[target_feature(enable = "avx2")]
-unsafe fn encode_avx2(data: &[u8], col: &mut usize, line_len: usize, dst: *mut u8) -> (usize, usize) {
-    let (mut i, mut w) = (0, 0);
+/// Encode the groups of 8 in `groups` (escape masks in `m`, 8 bits each) while each fits
+/// before the last column; returns the groups written.
+#[target_feature(enable = "ssse3,popcnt")]
+#[inline]
+unsafe fn put_groups(
+    groups: &[__m128i],
+    m: u32,
+    col: &mut usize,
+    line_len: usize,
+    dst: *mut u8,
+    w: &mut usize,
+) -> usize {
+    let mut done = 0;
+    for (g, group) in groups.iter().enumerate() {
+        let m8 = ((m >> (8 * g)) & 0xff) as usize;
+        let len = 8 + m8.count_ones() as usize;
+        if *col + len >= line_len {
+            break;
+        }
+        // SAFETY: the caller reserved room for two output bytes per input byte plus slack.
+        unsafe { put_group(*group, m8, dst.add(*w)) };
+        *col += len;
+        *w += len;
+        done += 1;
+    }
+    done
+}
+
+#[target_feature(enable = "ssse3,popcnt")]
+unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8) -> (usize, usize, usize) {
+    let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 16 < data.len() {
-        // SAFETY: the 32-byte path reads only when 33 bytes remain; `dst` has room for the
-        // worst case of what is consumed.
+        // SAFETY: 17 bytes remain at `i` (the last input byte is left to the scalar tail);
+        // the caller reserved room for the worst case at `dst`.
         unsafe {
-            if i + 32 < data.len() && *col != 0 && *col + 32 < line_len {
+            if col != 0 && col + 9 < line_len {
+                let (o, escaped, m) = encode16(_mm_loadu_si128(data.as_ptr().add(i).cast()));
+                if m == 0 && col + 16 < line_len {
+                    _mm_storeu_si128(dst.add(w).cast(), o);
+                    (i, w, col) = (i + 16, w + 16, col + 16);
+                    continue;
+                }
+                let done = put_groups(&[escaped, _mm_srli_si128::<8>(escaped)], m, &mut col, line_len, dst, &mut w);
+                if done > 0 {
+                    i += 8 * done;
+                    continue;
+                }
+            }
+            w += encode_one(data[i], &mut col, line_len, dst.add(w));
+            i += 1;
+        }
+    }
+    (i, w, col)
+}
+
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8) -> (usize, usize, usize) {
+    let (mut i, mut w, mut col) = (0, 0, col_in);
+    while i + 32 < data.len() {
+        // SAFETY: 33 bytes remain at `i` (the last input byte is left to the scalar tail);
+        // the caller reserved room for the worst case at `dst`.
+        unsafe {
+            if col != 0 && col + 9 < line_len {
                 let o = _mm256_add_epi8(_mm256_loadu_si256(data.as_ptr().add(i).cast()), _mm256_set1_epi8(42));
                 let crit = _mm256_or_si256(
                     _mm256_or_si256(
@@ -116,45 +142,51 @@ unsafe fn encode_avx2(data: &[u8], col: &mut usize, line_len: usize, dst: *mut u
                         _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'\r' as i8)),
                     ),
                 );
-                if _mm256_movemask_epi8(crit) == 0 {
+                let m = _mm256_movemask_epi8(crit) as u32;
+                if m == 0 && col + 32 < line_len {
                     _mm256_storeu_si256(dst.add(w).cast(), o);
-                    *col += 32;
-                    i += 32;
-                    w += 32;
+                    (i, w, col) = (i + 32, w + 32, col + 32);
+                    continue;
+                }
+                let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
+                let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
+                let groups = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+                let done = put_groups(&groups, m, &mut col, line_len, dst, &mut w);
+                if done > 0 {
+                    i += 8 * done;
                     continue;
                 }
             }
-            let (c, n) = encode_step16(data.as_ptr().add(i), col, line_len, dst.add(w));
-            i += c;
-            w += n;
+            w += encode_one(data[i], &mut col, line_len, dst.add(w));
+            i += 1;
         }
     }
-    (i, w)
+    (i, w, col)
 }
 
 /// Append the encoded body of `data` to `out` (see [`scalar::encode_body`]).
 pub fn encode_body(kind: KernelKind, data: &[u8], line_len: usize, out: &mut Vec<u8>) {
     out.reserve(super::max_body_len(data.len(), line_len) + 64);
-    let mut col = 0;
     let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     // SAFETY: the kernel for `kind` exists only after the CPU check in `Kernel::get`; `dst`
     // has room for the worst case (every byte escaped plus every CRLF, plus a step of slack),
     // and the bytes written are initialised before `set_len`.
-    unsafe {
-        let (consumed, written) = match kind {
-            KernelKind::Avx2 => encode_avx2(data, &mut col, line_len, dst),
-            _ => encode_ssse3(data, &mut col, line_len, dst),
-        };
-        out.set_len(out.len() + written);
-        scalar::encode_run(&data[consumed..], true, &mut col, line_len, out);
-    }
+    let (consumed, written, mut col) = unsafe {
+        match kind {
+            KernelKind::Avx2 => encode_avx2(data, 0, line_len, dst),
+            _ => encode_ssse3(data, 0, line_len, dst),
+        }
+    };
+    // SAFETY: the kernel initialised `written` bytes past the old length, within the reserve.
+    unsafe { out.set_len(out.len() + written) };
+    scalar::encode_run(&data[consumed..], true, &mut col, line_len, out);
     if col > 0 {
         out.extend_from_slice(b"\r\n");
     }
 }
 
 /// One 16-byte decode step at `src`: returns the bytes written at `dst` (16 consumed).
-#[target_feature(enable = "ssse3")]
+#[target_feature(enable = "ssse3,popcnt")]
 unsafe fn decode_step16(src: *const u8, pending: &mut bool, dst: *mut u8) -> usize {
     // SAFETY: 16 bytes are readable at `src` and writable at `dst` (16 + 8 of slack).
     unsafe {
@@ -195,7 +227,7 @@ unsafe fn decode_step16(src: *const u8, pending: &mut bool, dst: *mut u8) -> usi
     }
 }
 
-#[target_feature(enable = "ssse3")]
+#[target_feature(enable = "ssse3,popcnt")]
 unsafe fn decode_ssse3(body: &[u8], pending: &mut bool, dst: *mut u8) -> (usize, usize) {
     let (mut i, mut w) = (0, 0);
     while i + 16 <= body.len() {
@@ -206,31 +238,59 @@ unsafe fn decode_ssse3(body: &[u8], pending: &mut bool, dst: *mut u8) -> (usize,
     (i, w)
 }
 
-#[target_feature(enable = "avx2")]
+/// One 32-byte decode step at `src`: returns the bytes written at `dst` (32 consumed).
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn decode_step32(src: *const u8, pending: &mut bool, dst: *mut u8) -> usize {
+    // SAFETY: 32 bytes are readable at `src` and 32 + 8 writable at `dst`.
+    unsafe {
+        let v = _mm256_loadu_si256(src.cast());
+        let eq = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'=' as i8))) as u32;
+        let nl = _mm256_movemask_epi8(_mm256_or_si256(
+            _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\r' as i8)),
+            _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\n' as i8)),
+        )) as u32;
+        let value = _mm256_sub_epi8(v, _mm256_set1_epi8(42));
+        if (eq | nl) == 0 && !*pending {
+            _mm256_storeu_si256(dst.cast(), value);
+            return 32;
+        }
+        let esc = (eq << 1) | *pending as u32;
+        if esc & (eq | nl) != 0 {
+            let w = decode_step16(src, pending, dst);
+            return w + decode_step16(src.add(16), pending, dst.add(w));
+        }
+        *pending = eq >> 31 == 1;
+        // Spread the 32 escape bits over 32 bytes: 0xff where the byte follows an `=`.
+        let bits = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(esc as i32),
+            _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+        );
+        let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let escv = _mm256_cmpeq_epi8(_mm256_and_si256(bits, select), select);
+        let value = _mm256_sub_epi8(value, _mm256_and_si256(escv, _mm256_set1_epi8(64)));
+        let (lo, hi) = (_mm256_castsi256_si128(value), _mm256_extracti128_si256::<1>(value));
+        let keep = !(eq | nl);
+        let mut w = 0;
+        for (g, lane) in [lo, lo, hi, hi].into_iter().enumerate() {
+            let k = ((keep >> (8 * g)) & 0xff) as usize;
+            let mut index = u64::from_le_bytes(DECODE_INDEX[k]);
+            if g % 2 == 1 {
+                index = index.wrapping_add(0x0808_0808_0808_0808);
+            }
+            _mm_storel_epi64(dst.add(w).cast(), _mm_shuffle_epi8(lane, _mm_cvtsi64_si128(index as i64)));
+            w += k.count_ones() as usize;
+        }
+        w
+    }
+}
+
+#[target_feature(enable = "avx2,popcnt")]
 unsafe fn decode_avx2(body: &[u8], pending: &mut bool, dst: *mut u8) -> (usize, usize) {
     let (mut i, mut w) = (0, 0);
-    while i + 16 <= body.len() {
-        // SAFETY: reads stay inside `body`; the caller reserved body.len() + 32 at `dst`.
-        unsafe {
-            if i + 32 <= body.len() && !*pending {
-                let v = _mm256_loadu_si256(body.as_ptr().add(i).cast());
-                let special = _mm256_or_si256(
-                    _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'=' as i8)),
-                    _mm256_or_si256(
-                        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\r' as i8)),
-                        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\n' as i8)),
-                    ),
-                );
-                if _mm256_testz_si256(special, special) == 1 {
-                    _mm256_storeu_si256(dst.add(w).cast(), _mm256_sub_epi8(v, _mm256_set1_epi8(42)));
-                    i += 32;
-                    w += 32;
-                    continue;
-                }
-            }
-            w += decode_step16(body.as_ptr().add(i), pending, dst.add(w));
-        }
-        i += 16;
+    while i + 32 <= body.len() {
+        // SAFETY: 32 bytes remain at `i`; the caller reserved body.len() + 32 at `dst`.
+        w += unsafe { decode_step32(body.as_ptr().add(i), pending, dst.add(w)) };
+        i += 32;
     }
     (i, w)
 }
