@@ -65,15 +65,33 @@ impl Kernel {
         self.0
     }
 
-    /// Append the encoded body of `data` (lines of `line_len`, CRLF-terminated) to `out`.
-    pub fn encode_body(self, data: &[u8], line_len: usize, out: &mut Vec<u8>) {
+    /// Encode `data` continuing a line at `*col`; `is_end` says the input ends with it.
+    pub fn encode_run(self, data: &[u8], is_end: bool, col: &mut usize, line_len: usize, out: &mut Vec<u8>) {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Ssse3 | KernelKind::Avx2 => super::x86::encode_body(self.0, data, line_len, out),
+            KernelKind::Ssse3 | KernelKind::Avx2 => super::x86::encode_run(self.0, data, is_end, col, line_len, out),
             #[cfg(target_arch = "aarch64")]
-            KernelKind::Neon => super::neon::encode_body(data, line_len, out),
-            _ => scalar::encode_body(data, line_len, out),
+            KernelKind::Neon => super::neon::encode_run(data, is_end, col, line_len, out),
+            _ => scalar::encode_run(data, is_end, col, line_len, out),
         }
+    }
+
+    /// Append the encoded body of `data` to `out` (lines of `line_len`, CRLF-terminated) and
+    /// return the CRC32 of `data`, computed a piece at a time while the piece is in cache.
+    pub fn encode_body(self, data: &[u8], line_len: usize, out: &mut Vec<u8>) -> u32 {
+        const PIECE: usize = 16 * 1024;
+        out.reserve(super::max_body_len(data.len(), line_len));
+        let mut col = 0;
+        let mut crc = crc32fast::Hasher::new();
+        let pieces = data.len().div_ceil(PIECE);
+        for (n, piece) in data.chunks(PIECE).enumerate() {
+            self.encode_run(piece, n + 1 == pieces, &mut col, line_len, out);
+            crc.update(piece);
+        }
+        if col > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        crc.finalize()
     }
 
     /// Decode `body` continuing an escape when `*pending` (see [`scalar::decode_run`]).
@@ -108,8 +126,7 @@ impl Kernel {
     pub fn encode(self, name: &str, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(super::max_body_len(data.len(), LINE_LEN) + name.len() + 96);
         out.extend_from_slice(format!("=ybegin line={LINE_LEN} size={} name={name}\r\n", data.len()).as_bytes());
-        self.encode_body(data, LINE_LEN, &mut out);
-        let crc = crc32fast::hash(data);
+        let crc = self.encode_body(data, LINE_LEN, &mut out);
         out.extend_from_slice(format!("=yend size={} crc32={crc:08x}\r\n", data.len()).as_bytes());
         out
     }

@@ -4,7 +4,7 @@
 use std::arch::aarch64::*;
 
 use super::scalar;
-use super::tables::{DECODE_INDEX, ENCODE_EQ, ENCODE_INDEX};
+use super::tables::{DECODE_INDEX, ENCODE_SHUFFLE};
 
 const BIT_WEIGHTS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
 
@@ -21,11 +21,26 @@ unsafe fn movemask(c: uint8x16_t) -> u32 {
 /// Encode one byte at `dst` by the scalar rules (never the last input byte); bytes written.
 #[inline]
 unsafe fn encode_one(b: u8, col: &mut usize, line_len: usize, dst: *mut u8) -> usize {
-    let mut tmp = Vec::with_capacity(4);
-    scalar::encode_run(&[b], false, col, line_len, &mut tmp);
+    let o = b.wrapping_add(42);
+    let mut k = 1;
     // SAFETY: the caller reserved room for the worst case (4 bytes) at `dst`.
-    unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, tmp.len()) };
-    tmp.len()
+    unsafe {
+        if scalar::needs_escape(o, *col, line_len, false) {
+            *dst = b'=';
+            *dst.add(1) = o.wrapping_add(64);
+            k = 2;
+        } else {
+            *dst = o;
+        }
+        *col += k;
+        if *col >= line_len {
+            *dst.add(k) = b'\r';
+            *dst.add(k + 1) = b'\n';
+            k += 2;
+            *col = 0;
+        }
+    }
+    k
 }
 
 #[target_feature(enable = "neon")]
@@ -54,8 +69,8 @@ unsafe fn encode_step16(src: *const u8, col: &mut usize, line_len: usize, dst: *
             if *col + len >= line_len {
                 break;
             }
-            let out = vqtbl1q_u8(group, vld1q_u8(ENCODE_INDEX[m8].as_ptr()));
-            let out = vbslq_u8(vld1q_u8(ENCODE_EQ[m8].as_ptr()), vdupq_n_u8(b'='), out);
+            let source = vcombine_u8(vget_low_u8(group), vdup_n_u8(b'='));
+            let out = vqtbl1q_u8(source, vld1q_u8(ENCODE_SHUFFLE[m8].as_ptr()));
             vst1q_u8(dst.add(written), out);
             *col += len;
             consumed += 8;
@@ -68,27 +83,23 @@ unsafe fn encode_step16(src: *const u8, col: &mut usize, line_len: usize, dst: *
     }
 }
 
-/// Append the encoded body of `data` to `out` (see [`scalar::encode_body`]).
-pub fn encode_body(data: &[u8], line_len: usize, out: &mut Vec<u8>) {
+/// Encode `data` continuing a line at `*col` (see [`scalar::encode_run`]).
+pub fn encode_run(data: &[u8], is_end: bool, col: &mut usize, line_len: usize, out: &mut Vec<u8>) {
     out.reserve(super::max_body_len(data.len(), line_len) + 64);
-    let mut col = 0;
     let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     let (mut i, mut w) = (0, 0);
-    // SAFETY: a Neon kernel exists only after the CPU check in `Kernel::get`; 16 bytes remain
-    // at `i`; `dst` has room for the worst case plus slack; written bytes are initialised
-    // before `set_len`.
+    // SAFETY: a Neon kernel exists only after the CPU check in `Kernel::get`; 17 bytes remain
+    // at `i`, so the last byte is left to the scalar tail (where `is_end` applies); `dst` has
+    // room for the worst case plus slack; written bytes are initialised before `set_len`.
     unsafe {
         while i + 16 < data.len() {
-            let (c, n) = encode_step16(data.as_ptr().add(i), &mut col, line_len, dst.add(w));
+            let (c, n) = encode_step16(data.as_ptr().add(i), col, line_len, dst.add(w));
             i += c;
             w += n;
         }
         out.set_len(out.len() + w);
     }
-    scalar::encode_run(&data[i..], true, &mut col, line_len, out);
-    if col > 0 {
-        out.extend_from_slice(b"\r\n");
-    }
+    scalar::encode_run(&data[i..], is_end, col, line_len, out);
 }
 
 #[target_feature(enable = "neon")]

@@ -1,8 +1,8 @@
 //! Shuffle tables for the SIMD yEnc kernels, built at compile time.
 //!
 //! Encoding expands 8 input bytes to 8 + (escapes) output bytes: for an escape mask `m`
-//! (bit j = byte j is escaped), `ENCODE_INDEX[m]` lists the source byte of each output byte and
-//! `ENCODE_EQ[m]` marks where an `=` goes. Decoding compacts 8 bytes: `DECODE_INDEX[m]` lists,
+//! (bit j = byte j is escaped), `ENCODE_SHUFFLE[m]` lists the source byte of each output byte,
+//! 8 where an `=` goes (the kernels put `=` in bytes 8..16 of the shuffle source). Decoding compacts 8 bytes: `DECODE_INDEX[m]` lists,
 //! for a keep mask `m`, the positions of the kept bytes in order.
 
 const fn encode_tables() -> ([[u8; 16]; 256], [[u8; 16]; 256]) {
@@ -45,9 +45,27 @@ const fn decode_table() -> [[u8; 8]; 256] {
     index
 }
 
+/// Per escape mask: the source byte of each output byte, and where an `=` goes.
 const ENCODE: ([[u8; 16]; 256], [[u8; 16]; 256]) = encode_tables();
-pub static ENCODE_INDEX: [[u8; 16]; 256] = ENCODE.0;
-pub static ENCODE_EQ: [[u8; 16]; 256] = ENCODE.1;
+
+/// The source index of each output byte, with each `=` position pointing at byte 8 of the
+/// shuffle source, where the kernels keep `=` characters (one shuffle, no blend).
+const fn encode_shuffle() -> [[u8; 16]; 256] {
+    let mut out = ENCODE.0;
+    let mut m = 0;
+    while m < 256 {
+        let mut p = 0;
+        while p < 16 {
+            if ENCODE.1[m][p] == 0xff {
+                out[m][p] = 8;
+            }
+            p += 1;
+        }
+        m += 1;
+    }
+    out
+}
+pub static ENCODE_SHUFFLE: [[u8; 16]; 256] = encode_shuffle();
 pub static DECODE_INDEX: [[u8; 8]; 256] = decode_table();
 
 #[cfg(test)]
@@ -58,9 +76,10 @@ mod tests {
     fn tables_expand_and_compact() {
         // Escape bytes 0 and 2 of 8: = b0 b0 b1 = b2 b2 b3 ... b7.
         let m = 0b101;
-        assert_eq!(&ENCODE_INDEX[m][..10], &[0, 0, 1, 2, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(&ENCODE_EQ[m][..5], &[0xff, 0, 0, 0xff, 0]);
-        assert_eq!(ENCODE_INDEX[m][10], 0x80);
+        assert_eq!(&ENCODE.0[m][..10], &[0, 0, 1, 2, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(&ENCODE.1[m][..5], &[0xff, 0, 0, 0xff, 0]);
+        assert_eq!(ENCODE.0[m][10], 0x80);
+        assert_eq!(&ENCODE_SHUFFLE[m][..11], &[8, 0, 1, 8, 2, 3, 4, 5, 6, 7, 0x80]);
         // Keep bytes 1, 6, 7.
         assert_eq!(DECODE_INDEX[0b1100_0010], [1, 6, 7, 0x80, 0x80, 0x80, 0x80, 0x80]);
     }

@@ -147,10 +147,19 @@ proptest! {
         let mixed: Vec<u8> = data.iter().zip(tricky(data.len(), seed)).map(|(a, b)| if seed % 2 == 0 { *a } else { b }).collect();
         let mut want = Vec::new();
         scalar::encode_body(&mixed, line, &mut want);
+        let split = (seed as usize >> 8) % (mixed.len() + 1);
         for k in Kernel::available() {
             let mut got = Vec::new();
-            k.encode_body(&mixed, line, &mut got);
+            prop_assert_eq!(k.encode_body(&mixed, line, &mut got), crc32fast::hash(&mixed));
             prop_assert_eq!(&got, &want, "kernel {} line {}", k.kind(), line);
+            // In two runs split anywhere, as encode_body does in 16 KiB pieces.
+            let (mut pieces, mut col) = (Vec::new(), 0);
+            k.encode_run(&mixed[..split], split == mixed.len(), &mut col, line, &mut pieces);
+            k.encode_run(&mixed[split..], true, &mut col, line, &mut pieces);
+            if col > 0 {
+                pieces.extend_from_slice(b"\r\n");
+            }
+            prop_assert_eq!(&pieces, &want, "kernel {} line {} split at {}", k.kind(), line, split);
         }
     }
 

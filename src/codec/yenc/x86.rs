@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::kernel::KernelKind;
 use super::scalar;
-use super::tables::{DECODE_INDEX, ENCODE_EQ, ENCODE_INDEX};
+use super::tables::{DECODE_INDEX, ENCODE_SHUFFLE};
 
 /// Encode one byte at `dst` by the scalar rules (never the last input byte); bytes written.
 #[inline]
@@ -41,21 +41,22 @@ unsafe fn encode_one(b: u8, col: &mut usize, line_len: usize, dst: *mut u8) -> u
 }
 
 /// Write one expanded 8-byte group (escape mask `m8`, bytes in the low half of `group`) at
-/// `dst`: 16 bytes are stored, `8 + m8.count_ones()` of them are the output.
+/// `dst`: 16 bytes are stored, `8 + m8.count_ones()` of them are the output. The shuffle
+/// source holds the group in bytes 0..8 and `=` in bytes 8..16, which the index table points
+/// at for each inserted `=`.
 #[target_feature(enable = "ssse3")]
 #[inline]
 unsafe fn put_group(group: __m128i, m8: usize, dst: *mut u8) {
-    // SAFETY: `m8` < 256 indexes the tables; the caller has 16 writable bytes at `dst`.
+    // SAFETY: `m8` < 256 indexes the table; the caller has 16 writable bytes at `dst`.
     unsafe {
-        let index = _mm_loadu_si128(ENCODE_INDEX[m8].as_ptr().cast());
-        let eq = _mm_loadu_si128(ENCODE_EQ[m8].as_ptr().cast());
-        let out = _mm_shuffle_epi8(group, index);
-        let out = _mm_or_si128(_mm_andnot_si128(eq, out), _mm_and_si128(eq, _mm_set1_epi8(b'=' as i8)));
-        _mm_storeu_si128(dst.cast(), out);
+        let index = _mm_loadu_si128(ENCODE_SHUFFLE[m8].as_ptr().cast());
+        let source = _mm_unpacklo_epi64(group, _mm_set1_epi8(b'=' as i8));
+        _mm_storeu_si128(dst.cast(), _mm_shuffle_epi8(source, index));
     }
 }
 
-/// The encoded bytes (+42) of 16 bytes, with 64 added where escaped, and the escape mask.
+/// The encoded bytes (+42) of 16 bytes, the same with 64 added where escaped, and the
+/// escape mask.
 #[target_feature(enable = "ssse3")]
 #[inline]
 unsafe fn encode16(v: __m128i) -> (__m128i, __m128i, u32) {
@@ -68,57 +69,57 @@ unsafe fn encode16(v: __m128i) -> (__m128i, __m128i, u32) {
     (o, escaped, _mm_movemask_epi8(crit) as u32)
 }
 
-/// Encode the groups of 8 in `groups` (escape masks in `m`, 8 bits each) while each fits
-/// before the last column; returns the groups written.
-#[target_feature(enable = "ssse3,popcnt")]
-#[inline]
-unsafe fn put_groups(
-    groups: &[__m128i],
-    m: u32,
-    col: &mut usize,
-    line_len: usize,
-    dst: *mut u8,
-    w: &mut usize,
-) -> usize {
-    let mut done = 0;
-    for (g, group) in groups.iter().enumerate() {
-        let m8 = ((m >> (8 * g)) & 0xff) as usize;
-        let len = 8 + m8.count_ones() as usize;
-        if *col + len >= line_len {
+/// Encode one group of 8 (escape mask `$m8`, bytes in the low half of `$group`) at
+/// `$dst + $w` if its output stays before the last column of the line; otherwise write it in
+/// part, up to the byte that would reach that column, and `break` out of the group loop.
+/// Adds the input bytes consumed to `$consumed`. A macro so that it is inlined with the
+/// groups kept in registers.
+macro_rules! group_step {
+    ($group:expr, $m8:expr, $col:ident, $line_len:ident, $dst:ident, $w:ident, $consumed:ident) => {{
+        let m8 = $m8 as usize;
+        let mut len = 8 + m8.count_ones() as usize;
+        let mut take = 8;
+        if $col + len >= $line_len {
+            let room = $line_len - 1 - $col;
+            (take, len) = (0, 0);
+            while take < 8 && len + 1 + (m8 >> take & 1) <= room {
+                len += 1 + (m8 >> take & 1);
+                take += 1;
+            }
+        }
+        // SAFETY: the caller reserved room for two output bytes per input byte plus slack; a
+        // partial group stores 16 bytes but only `len` of them count.
+        unsafe { put_group($group, m8, $dst.add($w)) };
+        $col += len;
+        $w += len;
+        $consumed += take;
+        if take < 8 {
             break;
         }
-        // SAFETY: the caller reserved room for two output bytes per input byte plus slack.
-        unsafe { put_group(*group, m8, dst.add(*w)) };
-        *col += len;
-        *w += len;
-        done += 1;
-    }
-    done
+    }};
 }
 
 #[target_feature(enable = "ssse3,popcnt")]
 unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8) -> (usize, usize, usize) {
     let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 16 < data.len() {
-        // SAFETY: 17 bytes remain at `i` (the last input byte is left to the scalar tail);
-        // the caller reserved room for the worst case at `dst`.
-        unsafe {
-            if col != 0 && col + 9 < line_len {
-                let (o, escaped, m) = encode16(_mm_loadu_si128(data.as_ptr().add(i).cast()));
-                if m == 0 && col + 16 < line_len {
-                    _mm_storeu_si128(dst.add(w).cast(), o);
-                    (i, w, col) = (i + 16, w + 16, col + 16);
-                    continue;
-                }
-                let done = put_groups(&[escaped, _mm_srli_si128::<8>(escaped)], m, &mut col, line_len, dst, &mut w);
-                if done > 0 {
-                    i += 8 * done;
-                    continue;
-                }
+        let mut consumed = 0;
+        if col != 0 && col + 9 < line_len {
+            // SAFETY: 17 bytes remain at `i` (the last input byte is left to the scalar tail).
+            let (_, escaped, m) = unsafe { encode16(_mm_loadu_si128(data.as_ptr().add(i).cast())) };
+            #[allow(clippy::never_loop)]
+            loop {
+                group_step!(escaped, m & 0xff, col, line_len, dst, w, consumed);
+                group_step!(_mm_srli_si128::<8>(escaped), m >> 8, col, line_len, dst, w, consumed);
+                break;
             }
-            w += encode_one(data[i], &mut col, line_len, dst.add(w));
-            i += 1;
         }
+        if consumed == 0 {
+            // SAFETY: the caller reserved room for the worst case at `dst`.
+            w += unsafe { encode_one(data[i], &mut col, line_len, dst.add(w)) };
+            consumed = 1;
+        }
+        i += consumed;
     }
     (i, w, col)
 }
@@ -127,62 +128,60 @@ unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8
 unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8) -> (usize, usize, usize) {
     let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 32 < data.len() {
-        // SAFETY: 33 bytes remain at `i` (the last input byte is left to the scalar tail);
-        // the caller reserved room for the worst case at `dst`.
-        unsafe {
-            if col != 0 && col + 9 < line_len {
-                let o = _mm256_add_epi8(_mm256_loadu_si256(data.as_ptr().add(i).cast()), _mm256_set1_epi8(42));
-                let crit = _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_cmpeq_epi8(o, _mm256_setzero_si256()),
-                        _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'=' as i8)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'\n' as i8)),
-                        _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'\r' as i8)),
-                    ),
-                );
-                let m = _mm256_movemask_epi8(crit) as u32;
-                if m == 0 && col + 32 < line_len {
-                    _mm256_storeu_si256(dst.add(w).cast(), o);
-                    (i, w, col) = (i + 32, w + 32, col + 32);
-                    continue;
-                }
-                let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
-                let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
-                let groups = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-                let done = put_groups(&groups, m, &mut col, line_len, dst, &mut w);
-                if done > 0 {
-                    i += 8 * done;
-                    continue;
-                }
+        let mut consumed = 0;
+        if col != 0 && col + 9 < line_len {
+            // SAFETY: 33 bytes remain at `i` (the last input byte is left to the scalar tail).
+            let o = unsafe { _mm256_loadu_si256(data.as_ptr().add(i).cast()) };
+            let o = _mm256_add_epi8(o, _mm256_set1_epi8(42));
+            let crit = _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_cmpeq_epi8(o, _mm256_setzero_si256()),
+                    _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'=' as i8)),
+                ),
+                _mm256_or_si256(
+                    _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'\n' as i8)),
+                    _mm256_cmpeq_epi8(o, _mm256_set1_epi8(b'\r' as i8)),
+                ),
+            );
+            let m = _mm256_movemask_epi8(crit) as u32;
+            let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
+            let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
+            #[allow(clippy::never_loop)]
+            loop {
+                group_step!(lo, m & 0xff, col, line_len, dst, w, consumed);
+                group_step!(_mm_srli_si128::<8>(lo), (m >> 8) & 0xff, col, line_len, dst, w, consumed);
+                group_step!(hi, (m >> 16) & 0xff, col, line_len, dst, w, consumed);
+                group_step!(_mm_srli_si128::<8>(hi), m >> 24, col, line_len, dst, w, consumed);
+                break;
             }
-            w += encode_one(data[i], &mut col, line_len, dst.add(w));
-            i += 1;
         }
+        if consumed == 0 {
+            // SAFETY: the caller reserved room for the worst case at `dst`.
+            w += unsafe { encode_one(data[i], &mut col, line_len, dst.add(w)) };
+            consumed = 1;
+        }
+        i += consumed;
     }
     (i, w, col)
 }
 
-/// Append the encoded body of `data` to `out` (see [`scalar::encode_body`]).
-pub fn encode_body(kind: KernelKind, data: &[u8], line_len: usize, out: &mut Vec<u8>) {
+/// Encode `data` continuing a line at `*col` (see [`scalar::encode_run`]).
+pub fn encode_run(kind: KernelKind, data: &[u8], is_end: bool, col: &mut usize, line_len: usize, out: &mut Vec<u8>) {
     out.reserve(super::max_body_len(data.len(), line_len) + 64);
     let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     // SAFETY: the kernel for `kind` exists only after the CPU check in `Kernel::get`; `dst`
-    // has room for the worst case (every byte escaped plus every CRLF, plus a step of slack),
-    // and the bytes written are initialised before `set_len`.
-    let (consumed, written, mut col) = unsafe {
+    // has room for the worst case (every byte escaped plus every CRLF, plus a step of slack).
+    // The kernels never consume the last byte of `data`, so `is_end` applies to the tail.
+    let (consumed, written, c) = unsafe {
         match kind {
-            KernelKind::Avx2 => encode_avx2(data, 0, line_len, dst),
-            _ => encode_ssse3(data, 0, line_len, dst),
+            KernelKind::Avx2 => encode_avx2(data, *col, line_len, dst),
+            _ => encode_ssse3(data, *col, line_len, dst),
         }
     };
+    *col = c;
     // SAFETY: the kernel initialised `written` bytes past the old length, within the reserve.
     unsafe { out.set_len(out.len() + written) };
-    scalar::encode_run(&data[consumed..], true, &mut col, line_len, out);
-    if col > 0 {
-        out.extend_from_slice(b"\r\n");
-    }
+    scalar::encode_run(&data[consumed..], is_end, col, line_len, out);
 }
 
 /// One 16-byte decode step at `src`: returns the bytes written at `dst` (16 consumed).
