@@ -104,11 +104,17 @@ impl Kernel {
     /// `dst[i] ^= 2^l * src[i]`: plain XOR when `2^l == 1`, else through tables built from
     /// the antilog table.
     pub fn mul_add_log(self, dst: &mut [u8], src: &[u8], l: u32) {
+        assert_eq!(dst.len(), src.len(), "gf16 regions differ in length");
+        assert_eq!(dst.len() % 2, 0, "gf16 regions hold whole 16-bit words");
         if l % field::ORDER == 0 {
-            assert_eq!(dst.len(), src.len(), "gf16 regions differ in length");
             xor_into(dst, src);
-        } else {
-            self.mul_add(dst, src, &NibbleTables::from_log(l));
+            return;
+        }
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a Kernel of this kind exists only after `get` detected AVX2.
+            KernelKind::Avx2 => unsafe { x86::mul_add_avx2_bits(dst, src, &field::bit_products(l)) },
+            _ => self.mul_add(dst, src, &NibbleTables::from_log(l)),
         }
     }
 
