@@ -59,7 +59,7 @@ unsafe fn put_group(group: __m128i, m8: usize, dst: *mut u8) {
 /// escape mask.
 #[target_feature(enable = "ssse3")]
 #[inline]
-unsafe fn encode16(v: __m128i) -> (__m128i, __m128i, u32) {
+fn encode16(v: __m128i) -> (__m128i, __m128i, u32) {
     let o = _mm_add_epi8(v, _mm_set1_epi8(42));
     let crit = _mm_or_si128(
         _mm_or_si128(_mm_cmpeq_epi8(o, _mm_setzero_si128()), _mm_cmpeq_epi8(o, _mm_set1_epi8(b'=' as i8))),
@@ -106,7 +106,22 @@ unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8
         let mut consumed = 0;
         if col != 0 && col + 9 < line_len {
             // SAFETY: 17 bytes remain at `i` (the last input byte is left to the scalar tail).
-            let (_, escaped, m) = unsafe { encode16(_mm_loadu_si128(data.as_ptr().add(i).cast())) };
+            let (_, escaped, m) = encode16(unsafe { _mm_loadu_si128(data.as_ptr().add(i).cast()) });
+            let total = 16 + m.count_ones() as usize;
+            if col + total < line_len {
+                // SAFETY: the caller reserved room for two output bytes per input byte plus
+                // slack; each group stores 16 bytes at its offset.
+                unsafe {
+                    put_group(escaped, (m & 0xff) as usize, dst.add(w));
+                    put_group(
+                        _mm_srli_si128::<8>(escaped),
+                        (m >> 8) as usize,
+                        dst.add(w + 8 + (m & 0xff).count_ones() as usize),
+                    );
+                }
+                (i, w, col) = (i + 16, w + total, col + total);
+                continue;
+            }
             #[allow(clippy::never_loop)]
             loop {
                 group_step!(escaped, m & 0xff, col, line_len, dst, w, consumed);
@@ -146,6 +161,27 @@ unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8)
             let m = _mm256_movemask_epi8(crit) as u32;
             let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
             let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
+            let total = 32 + m.count_ones() as usize;
+            if col + total < line_len {
+                // The whole block lands before the last column: four groups at offsets known
+                // from the mask alone, no line checks between them.
+                let (o1, o2, o3) = (
+                    8 + (m & 0xff).count_ones() as usize,
+                    16 + (m & 0xffff).count_ones() as usize,
+                    24 + (m & 0xff_ffff).count_ones() as usize,
+                );
+                // SAFETY: the caller reserved room for two output bytes per input byte plus
+                // slack; each group stores 16 bytes at its offset.
+                unsafe {
+                    let d = dst.add(w);
+                    put_group(lo, (m & 0xff) as usize, d);
+                    put_group(_mm_srli_si128::<8>(lo), ((m >> 8) & 0xff) as usize, d.add(o1));
+                    put_group(hi, ((m >> 16) & 0xff) as usize, d.add(o2));
+                    put_group(_mm_srli_si128::<8>(hi), (m >> 24) as usize, d.add(o3));
+                }
+                (i, w, col) = (i + 32, w + total, col + total);
+                continue;
+            }
             #[allow(clippy::never_loop)]
             loop {
                 group_step!(lo, m & 0xff, col, line_len, dst, w, consumed);
