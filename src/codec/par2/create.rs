@@ -5,6 +5,7 @@ use super::packet::{self, Hash, TYPE_CREATOR, TYPE_FILE_DESC, TYPE_IFSC, TYPE_MA
 use super::packets::{file_id, FileDesc, Ifsc, Main};
 use super::Par2Error;
 use crate::codec::gf16::Kernel;
+use md5::{Digest, Md5};
 
 /// The Creator packet's text (no version in it, so the pinned bytes stay put across releases).
 pub const CREATOR: &str = "spillway";
@@ -22,43 +23,54 @@ pub(super) fn slice_padded<'a>(data: &'a [u8], slice_size: usize, index: usize, 
     pad
 }
 
-/// MD5 and CRC32 of every slice, each zero-padded to the slice size.
-pub(super) fn slice_checksums(data: &[u8], slice_size: usize) -> Vec<(Hash, u32)> {
+/// MD5 and CRC32 of every slice (each zero-padded to the slice size), and the MD5 of the
+/// whole file, in one pass so that each slice is read from memory once.
+pub(super) fn slice_checksums(data: &[u8], slice_size: usize) -> (Vec<(Hash, u32)>, Hash) {
     let mut pad = Vec::new();
-    (0..data.len().div_ceil(slice_size))
+    let mut file = Md5::new();
+    let slices = (0..data.len().div_ceil(slice_size))
         .map(|i| {
+            file.update(&data[i * slice_size..((i + 1) * slice_size).min(data.len())]);
             let s = slice_padded(data, slice_size, i, &mut pad);
             (packet::md5(&[s]), crc32fast::hash(s))
         })
-        .collect()
+        .collect();
+    (slices, file.finalize().into())
 }
 
-/// The FileDesc of `data` stored under `name`.
-pub(super) fn describe(name: &str, data: &[u8]) -> FileDesc {
+/// The FileDesc of `data` stored under `name`, whose MD5 is `md5`.
+pub(super) fn describe(name: &str, data: &[u8], md5: Hash) -> FileDesc {
     let md5_16k = packet::md5(&[&data[..data.len().min(16384)]]);
     FileDesc {
         file_id: file_id(&md5_16k, data.len() as u64, name),
-        md5: packet::md5(&[data]),
+        md5,
         md5_16k,
         length: data.len() as u64,
         name: name.to_owned(),
     }
 }
 
-/// Recovery slices with the given exponents: `R_e = sum_i c_i^e * slice_i`, one after another.
-pub(super) fn recovery_data(data: &[u8], slice_size: usize, exponents: &[u32]) -> Result<Vec<u8>, Par2Error> {
-    let count = data.len().div_ceil(slice_size);
-    let logs = input_logs(count)?;
+/// Recovery slices with the given exponents, `R_e = sum_i c_i^e * slice_i`, computed in place:
+/// the one for `exponents[j]` is `region[j * stride + offset..][..slice_size]`, which must
+/// start zeroed. (`create_with` points them straight into the RecvSlic packet bodies.)
+pub(super) fn recovery_into(
+    data: &[u8],
+    slice_size: usize,
+    exponents: &[u32],
+    region: &mut [u8],
+    stride: usize,
+    offset: usize,
+) -> Result<(), Par2Error> {
+    let logs = input_logs(data.len().div_ceil(slice_size))?;
     let kernel = Kernel::best();
-    let mut out = vec![0u8; exponents.len() * slice_size];
     let mut pad = Vec::new();
     for (i, &log) in logs.iter().enumerate() {
         let src = slice_padded(data, slice_size, i, &mut pad);
-        for (dst, &e) in out.chunks_exact_mut(slice_size).zip(exponents) {
-            kernel.mul_add_log(dst, src, coefficient_log(log, e));
+        for (chunk, &e) in region.chunks_exact_mut(stride).zip(exponents) {
+            kernel.mul_add_log(&mut chunk[offset..offset + slice_size], src, coefficient_log(log, e));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A complete `.par2` file protecting `data` (stored as `file_name`) with `params`: packets
@@ -66,20 +78,27 @@ pub(super) fn recovery_data(data: &[u8], slice_size: usize, exponents: &[u32]) -
 pub fn create_with(file_name: &str, data: &[u8], params: Par2Params) -> Result<Vec<u8>, Par2Error> {
     params.check(data.len() as u64)?;
     let slice_size = params.slice_size as usize;
-    let desc = describe(file_name, data);
-    let ifsc = Ifsc { file_id: desc.file_id, slices: slice_checksums(data, slice_size) };
+    let (slices, md5) = slice_checksums(data, slice_size);
+    let desc = describe(file_name, data, md5);
+    let ifsc = Ifsc { file_id: desc.file_id, slices };
     let main = Main { slice_size: params.slice_size, file_ids: vec![desc.file_id], non_recovery_ids: vec![] };
     let main_body = main.encode();
     let set_id = packet::md5(&[&main_body]);
     let exponents: Vec<u32> = if data.is_empty() { vec![] } else { (0..params.recovery_slices).collect() };
-    let recovery = recovery_data(data, slice_size, &exponents)?;
 
-    let mut out = Vec::with_capacity(recovery.len() + exponents.len() * 68 + 1024 + 20 * ifsc.slices.len());
+    let mut out = Vec::with_capacity(exponents.len() * (slice_size + 68) + 1024 + 20 * ifsc.slices.len());
     packet::write(&mut out, &set_id, TYPE_MAIN, &[&main_body]);
     packet::write(&mut out, &set_id, TYPE_FILE_DESC, &[&desc.encode()]);
     packet::write(&mut out, &set_id, TYPE_IFSC, &[&ifsc.encode()]);
-    for (e, slice) in exponents.iter().zip(recovery.chunks_exact(slice_size)) {
-        packet::write(&mut out, &set_id, TYPE_RECV_SLICE, &[&e.to_le_bytes(), slice]);
+    // RecvSlic packets: header, exponent, slice; the slices are computed in place.
+    let stride = packet::HEADER_LEN + 4 + slice_size;
+    let start = out.len();
+    out.resize(start + exponents.len() * stride, 0);
+    let region = &mut out[start..];
+    recovery_into(data, slice_size, &exponents, region, stride, packet::HEADER_LEN + 4)?;
+    for (p, e) in region.chunks_exact_mut(stride).zip(&exponents) {
+        p[packet::HEADER_LEN..packet::HEADER_LEN + 4].copy_from_slice(&e.to_le_bytes());
+        packet::seal(p, &set_id, TYPE_RECV_SLICE);
     }
     packet::write(&mut out, &set_id, TYPE_CREATOR, &[CREATOR.as_bytes()]);
     Ok(out)

@@ -53,6 +53,18 @@ pub fn write(out: &mut Vec<u8>, set_id: &Hash, ptype: &[u8; 16], body: &[&[u8]])
     out[start + 16..start + 32].copy_from_slice(&digest);
 }
 
+/// Fill in the header of a packet whose body already sits in `packet[HEADER_LEN..]` (its
+/// length a multiple of 4): magic, length, set ID, type, then the MD5.
+pub fn seal(packet: &mut [u8], set_id: &Hash, ptype: &[u8; 16]) {
+    packet[..8].copy_from_slice(MAGIC);
+    let len = packet.len() as u64;
+    packet[8..16].copy_from_slice(&len.to_le_bytes());
+    packet[32..48].copy_from_slice(set_id);
+    packet[48..64].copy_from_slice(ptype);
+    let digest = md5(&[&packet[32..]]);
+    packet[16..32].copy_from_slice(&digest);
+}
+
 /// One packet whose length and MD5 check out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawPacket<'a> {
@@ -118,6 +130,10 @@ mod tests {
         assert_eq!(found[1].body, b"defghi\0\0");
         assert_eq!(found[1].set_id, set);
         assert_eq!(&found[1].ptype, TYPE_CREATOR);
+        let mut sealed = vec![0u8; HEADER_LEN + 8];
+        sealed[HEADER_LEN..].copy_from_slice(b"defghi\0\0");
+        seal(&mut sealed, &set, TYPE_CREATOR);
+        assert_eq!(sealed, bytes[HEADER_LEN + 4..]);
 
         // A flipped body byte fails the first packet's MD5; the second is still found.
         bytes[HEADER_LEN] ^= 1;
