@@ -40,6 +40,13 @@ unsafe fn encode_one(b: u8, col: &mut usize, line_len: usize, dst: *mut u8) -> u
     k
 }
 
+/// Whether `b` encodes to a character escaped only at the start of a line (TAB, space, `.`):
+/// any other first byte lets a line start go through the mid-line SIMD path.
+#[inline]
+fn starts_line_specially(b: u8) -> bool {
+    matches!(b.wrapping_add(42), b'\t' | b' ' | b'.')
+}
+
 /// Write one expanded 8-byte group (escape mask `m8`, bytes in the low half of `group`) at
 /// `dst`: 16 bytes are stored, `8 + m8.count_ones()` of them are the output. The shuffle
 /// source holds the group in bytes 0..8 and `=` in bytes 8..16, which the index table points
@@ -104,7 +111,7 @@ unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8
     let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 16 < data.len() {
         let mut consumed = 0;
-        if col != 0 && col + 9 < line_len {
+        if col + 9 < line_len && (col != 0 || !starts_line_specially(data[i])) {
             // SAFETY: 17 bytes remain at `i` (the last input byte is left to the scalar tail).
             let (_, escaped, m) = encode16(unsafe { _mm_loadu_si128(data.as_ptr().add(i).cast()) });
             let total = 16 + m.count_ones() as usize;
@@ -144,7 +151,7 @@ unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8)
     let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 32 < data.len() {
         let mut consumed = 0;
-        if col != 0 && col + 9 < line_len {
+        if col + 9 < line_len && (col != 0 || !starts_line_specially(data[i])) {
             // SAFETY: 33 bytes remain at `i` (the last input byte is left to the scalar tail).
             let o = unsafe { _mm256_loadu_si256(data.as_ptr().add(i).cast()) };
             let o = _mm256_add_epi8(o, _mm256_set1_epi8(42));
