@@ -3,7 +3,7 @@
 //! the same inputs and prints ratios).
 //!
 //!   cargo run --release --example codec_timing -- par2 FILE PERCENT OUT.par2 [REPS]
-//!   cargo run --release --example codec_timing -- yenc SIZE [REPS [KERNEL]]
+//!   cargo run --release --example codec_timing -- yenc SIZE [REPS [KERNEL|all [LINE_LEN]]]
 //!   cargo run --release --example codec_timing -- gf16 SIZE [REPS]
 
 use std::time::{Duration, Instant};
@@ -62,12 +62,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("yenc") => {
             let size: usize = args[1].parse()?;
             let data = pseudo_random(size);
-            let only = args.get(3);
+            let only = args.get(3).filter(|k| k.as_str() != "all");
+            let line_len: usize = args.get(4).and_then(|l| l.parse().ok()).unwrap_or(LINE_LEN);
             for k in YencKernel::available().into_iter().filter(|k| only.is_none_or(|o| *o == k.kind().to_string())) {
                 let mut body = Vec::new();
                 let (te, crc_e) = best(reps(2), || {
                     body.clear();
-                    k.encode_body(&data, LINE_LEN, &mut body)
+                    k.encode_body(&data, line_len, &mut body)
                 });
                 let mut out = Vec::with_capacity(size);
                 let (td, crc) = best(reps(2), || {
@@ -83,6 +84,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     size as f64 / td.as_secs_f64() / 1e9,
                 );
             }
+        }
+        Some("crc32") => {
+            let size: usize = args[1].parse()?;
+            let data = pseudo_random(size);
+            let (t, _) = best(reps(2), || crc32fast::hash(&data));
+            println!("{{\"what\":\"crc32fast\",\"bytes\":{size},\"gbps\":{:.3}}}", size as f64 / t.as_secs_f64() / 1e9);
         }
         Some("gf16") => {
             let size: usize = args[1].parse()?;

@@ -150,7 +150,6 @@ unsafe fn encode_ssse3(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8
 unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8) -> (usize, usize, usize) {
     let (mut i, mut w, mut col) = (0, 0, col_in);
     while i + 32 < data.len() {
-        let mut consumed = 0;
         if col + 9 < line_len && (col != 0 || !starts_line_specially(data[i])) {
             // SAFETY: 33 bytes remain at `i` (the last input byte is left to the scalar tail).
             let o = unsafe { _mm256_loadu_si256(data.as_ptr().add(i).cast()) };
@@ -169,41 +168,42 @@ unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8)
             let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
             let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
             let total = 32 + m.count_ones() as usize;
-            if col + total < line_len {
-                // The whole block lands before the last column: four groups at offsets known
-                // from the mask alone, no line checks between them.
-                let (o1, o2, o3) = (
-                    8 + (m & 0xff).count_ones() as usize,
-                    16 + (m & 0xffff).count_ones() as usize,
-                    24 + (m & 0xff_ffff).count_ones() as usize,
-                );
-                // SAFETY: the caller reserved room for two output bytes per input byte plus
-                // slack; each group stores 16 bytes at its offset.
-                unsafe {
-                    let d = dst.add(w);
-                    put_group(lo, (m & 0xff) as usize, d);
-                    put_group(_mm_srli_si128::<8>(lo), ((m >> 8) & 0xff) as usize, d.add(o1));
-                    put_group(hi, ((m >> 16) & 0xff) as usize, d.add(o2));
-                    put_group(_mm_srli_si128::<8>(hi), (m >> 24) as usize, d.add(o3));
+            // Input bytes to take: all 32 when the block lands before the last column;
+            // otherwise the most whose output still does (at least 4, as `col + 9 < line_len`).
+            let take = if col + total < line_len {
+                32
+            } else {
+                let room = line_len - 1 - col;
+                let out_len = |k: usize| k + (u64::from(m) & ((1u64 << k) - 1)).count_ones() as usize;
+                let mut k = room.min(32);
+                while out_len(k) > room {
+                    k -= 1;
                 }
-                (i, w, col) = (i + 32, w + total, col + total);
-                continue;
+                k
+            };
+            let (o1, o2, o3) = (
+                8 + (m & 0xff).count_ones() as usize,
+                16 + (m & 0xffff).count_ones() as usize,
+                24 + (m & 0xff_ffff).count_ones() as usize,
+            );
+            // SAFETY: the caller reserved two output bytes per remaining input byte (33 or
+            // more remain) plus slack, so the four 16-byte stores at offsets up to 48 from `w`
+            // stay inside; only the output of the bytes taken counts.
+            unsafe {
+                let d = dst.add(w);
+                put_group(lo, (m & 0xff) as usize, d);
+                put_group(_mm_srli_si128::<8>(lo), ((m >> 8) & 0xff) as usize, d.add(o1));
+                put_group(hi, ((m >> 16) & 0xff) as usize, d.add(o2));
+                put_group(_mm_srli_si128::<8>(hi), (m >> 24) as usize, d.add(o3));
             }
-            #[allow(clippy::never_loop)]
-            loop {
-                group_step!(lo, m & 0xff, col, line_len, dst, w, consumed);
-                group_step!(_mm_srli_si128::<8>(lo), (m >> 8) & 0xff, col, line_len, dst, w, consumed);
-                group_step!(hi, (m >> 16) & 0xff, col, line_len, dst, w, consumed);
-                group_step!(_mm_srli_si128::<8>(hi), m >> 24, col, line_len, dst, w, consumed);
-                break;
-            }
+            let len =
+                if take == 32 { total } else { take + (u64::from(m) & ((1u64 << take) - 1)).count_ones() as usize };
+            (i, w, col) = (i + take, w + len, col + len);
+            continue;
         }
-        if consumed == 0 {
-            // SAFETY: the caller reserved room for the worst case at `dst`.
-            w += unsafe { encode_one(data[i], &mut col, line_len, dst.add(w)) };
-            consumed = 1;
-        }
-        i += consumed;
+        // SAFETY: the caller reserved room for the worst case at `dst`.
+        w += unsafe { encode_one(data[i], &mut col, line_len, dst.add(w)) };
+        i += 1;
     }
     (i, w, col)
 }
