@@ -66,6 +66,29 @@ const fn encode_shuffle() -> [[u8; 16]; 256] {
     out
 }
 pub static ENCODE_SHUFFLE: [[u8; 16]; 256] = encode_shuffle();
+
+#[cfg(target_arch = "x86_64")]
+/// `ENCODE_SHUFFLE` for a group held in bytes 8..16 of the source with `=` in bytes 0..8:
+/// data indices + 8, `=` positions 0.
+const fn encode_shuffle_high() -> [[u8; 16]; 256] {
+    let mut out = encode_shuffle();
+    let mut m = 0;
+    while m < 256 {
+        let mut p = 0;
+        while p < 16 {
+            out[m][p] = match out[m][p] {
+                8 => 0,
+                0x80 => 0x80,
+                j => j + 8,
+            };
+            p += 1;
+        }
+        m += 1;
+    }
+    out
+}
+#[cfg(target_arch = "x86_64")]
+pub static ENCODE_SHUFFLE_HIGH: [[u8; 16]; 256] = encode_shuffle_high();
 pub static DECODE_INDEX: [[u8; 8]; 256] = decode_table();
 
 #[cfg(test)]
@@ -80,6 +103,8 @@ mod tests {
         assert_eq!(&ENCODE.1[m][..5], &[0xff, 0, 0, 0xff, 0]);
         assert_eq!(ENCODE.0[m][10], 0x80);
         assert_eq!(&ENCODE_SHUFFLE[m][..11], &[8, 0, 1, 8, 2, 3, 4, 5, 6, 7, 0x80]);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(&ENCODE_SHUFFLE_HIGH[m][..11], &[0, 8, 9, 0, 10, 11, 12, 13, 14, 15, 0x80]);
         // Keep bytes 1, 6, 7.
         assert_eq!(DECODE_INDEX[0b1100_0010], [1, 6, 7, 0x80, 0x80, 0x80, 0x80, 0x80]);
     }

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::kernel::KernelKind;
 use super::scalar;
-use super::tables::{DECODE_INDEX, ENCODE_SHUFFLE};
+use super::tables::{DECODE_INDEX, ENCODE_SHUFFLE, ENCODE_SHUFFLE_HIGH};
 
 /// Encode one byte at `dst` by the scalar rules (never the last input byte); bytes written.
 #[inline]
@@ -166,7 +166,6 @@ unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8)
             );
             let m = _mm256_movemask_epi8(crit) as u32;
             let escaped = _mm256_add_epi8(o, _mm256_and_si256(crit, _mm256_set1_epi8(64)));
-            let (lo, hi) = (_mm256_castsi256_si128(escaped), _mm256_extracti128_si256::<1>(escaped));
             let total = 32 + m.count_ones() as usize;
             // Input bytes to take: all 32 when the block lands before the last column;
             // otherwise the most whose output still does (at least 4, as `col + 9 < line_len`).
@@ -186,15 +185,32 @@ unsafe fn encode_avx2(data: &[u8], col_in: usize, line_len: usize, dst: *mut u8)
                 16 + (m & 0xffff).count_ones() as usize,
                 24 + (m & 0xff_ffff).count_ones() as usize,
             );
-            // SAFETY: the caller reserved two output bytes per remaining input byte (33 or
-            // more remain) plus slack, so the four 16-byte stores at offsets up to 48 from `w`
-            // stay inside; only the output of the bytes taken counts.
+            // Groups 0 and 2 (the low half of each lane) shuffle against `=` in the high half,
+            // groups 1 and 3 against `=` in the low half: two shuffles for the four groups.
+            let eq = _mm256_set1_epi8(b'=' as i8);
+            let even = _mm256_blend_epi32::<0b1100_1100>(escaped, eq);
+            let odd = _mm256_blend_epi32::<0b0011_0011>(escaped, eq);
+            let (m0, m1, m2, m3) =
+                ((m & 0xff) as usize, ((m >> 8) & 0xff) as usize, ((m >> 16) & 0xff) as usize, (m >> 24) as usize);
+            // SAFETY: the table rows are 16 bytes; the caller reserved two output bytes per
+            // remaining input byte (33 or more remain) plus slack, so the four 16-byte stores
+            // at offsets up to 48 from `w` stay inside; only the output of the bytes taken
+            // counts.
             unsafe {
+                let even_index =
+                    _mm256_loadu2_m128i(ENCODE_SHUFFLE[m2].as_ptr().cast(), ENCODE_SHUFFLE[m0].as_ptr().cast());
+                let odd_index = _mm256_loadu2_m128i(
+                    ENCODE_SHUFFLE_HIGH[m3].as_ptr().cast(),
+                    ENCODE_SHUFFLE_HIGH[m1].as_ptr().cast(),
+                );
+                let even_out = _mm256_shuffle_epi8(even, even_index);
+                let odd_out = _mm256_shuffle_epi8(odd, odd_index);
+                // In group order: each store's tail is garbage that the next one overwrites.
                 let d = dst.add(w);
-                put_group(lo, (m & 0xff) as usize, d);
-                put_group(_mm_srli_si128::<8>(lo), ((m >> 8) & 0xff) as usize, d.add(o1));
-                put_group(hi, ((m >> 16) & 0xff) as usize, d.add(o2));
-                put_group(_mm_srli_si128::<8>(hi), (m >> 24) as usize, d.add(o3));
+                _mm_storeu_si128(d.cast(), _mm256_castsi256_si128(even_out));
+                _mm_storeu_si128(d.add(o1).cast(), _mm256_castsi256_si128(odd_out));
+                _mm_storeu_si128(d.add(o2).cast(), _mm256_extracti128_si256::<1>(even_out));
+                _mm_storeu_si128(d.add(o3).cast(), _mm256_extracti128_si256::<1>(odd_out));
             }
             let len =
                 if take == 32 { total } else { take + (u64::from(m) & ((1u64 << take) - 1)).count_ones() as usize };
