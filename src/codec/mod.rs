@@ -1,6 +1,10 @@
 //! Frame codecs: how each chunk frame is compressed. The chunk header records the codec, so
 //! a volume written with one codec always reads back after the default changes.
 
+pub mod gf16;
+pub mod par2;
+pub mod yenc;
+
 use std::fmt;
 use std::str::FromStr;
 
