@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod recover;
 pub mod serve;
 pub mod store;
+pub mod systemd;
 pub mod units;
 pub mod volume;
 pub mod volume_meta;

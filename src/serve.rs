@@ -150,8 +150,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");
     }
 
-    let tcp = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    info!("listening on tcp {}", tcp.local_addr()?);
+    let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    let tcp = match crate::systemd::activated_tcp_listener()? {
+        Some(l) => {
+            info!("socket activation: serving the TCP socket systemd passed (--listen is ignored)");
+            TcpListener::from_std(l).context("socket activation: adopting fd 3")?
+        }
+        None => TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?,
+    };
+    let tcp_addr = tcp.local_addr()?;
+    info!("listening on tcp {tcp_addr}");
     let unix = match &args.unix {
         Some(path) => {
             let l = bind_unix(path)?;
@@ -168,9 +176,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accepts.push(tokio::spawn(accept_unix(l, Arc::clone(&server), tracker.clone())));
     }
     info!("ready");
+    notifier.send(&format!("READY=1\nSTATUS=serving {} export(s) on {tcp_addr}", server.exports().len()));
+    if let Some(every) = notifier.watchdog_interval() {
+        let n = Arc::clone(&notifier);
+        tokio::spawn(async move {
+            loop {
+                n.send("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 
     wait_for_signal().await?;
     info!("shutting down");
+    notifier.send("STOPPING=1\nSTATUS=shutting down: finishing requests, draining to the backend");
     for a in &accepts {
         a.abort();
     }

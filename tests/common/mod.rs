@@ -247,6 +247,11 @@ impl Server {
     /// those flags) in `extra` replaces the default. Blocks until the server
     /// logs `ready` and both listening addresses are known.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the server.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::Builder::new().prefix("spillway-it-").tempdir().expect("create tempdir");
         let data_dir = dir.path().join("data");
         let sock = dir.path().join("nbd.sock");
@@ -272,7 +277,8 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
         match std::env::var("SPILLWAY_TEST_RUST_LOG") {
             Ok(v) => {
                 cmd.env("RUST_LOG", v);
