@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Builds the base initramfs for the kernel tests (see docs/testing.md):
-#   mkinitramfs.sh KERNEL_ROOT OUT.cpio.gz
+#   mkinitramfs.sh KERNEL_ROOT OUT.cpio.gz [--no-tools]
 # KERNEL_ROOT is Debian's linux-image package unpacked with `dpkg -x` (scripts/install-test-deps).
 # The archive holds busybox (static), /init (tests/vm/init.sh), the kernel modules for
 # virtio-net, virtio-blk, nbd and ext4 with everything they depend on (in load order, in
 # /lib/modules/load-order), and nbd-client, mke2fs, e2fsck and fio, each with every library
-# `ldd` lists. A test adds its own script (and any binaries) as a second archive appended to
+# `ldd` lists (not with --no-tools: a smaller archive, faster to unpack, for guests that
+# only run binaries of their own). A test adds its own script (and any binaries) as a second archive appended to
 # this one; see tests/vm/mod.rs.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
 kroot=$1
 out=$2
+tools=1
+[ "${3:-}" = --no-tools ] && tools=0
 here=$(cd "$(dirname "$0")" && pwd)
 
 vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -n 1)
@@ -104,14 +107,16 @@ copy_with_libs() {
     fi
   done
 }
-copy_with_libs "$(command -v nbd-client)" /sbin/nbd-client
-copy_with_libs "$(command -v mke2fs)" /sbin/mke2fs
-ln -s mke2fs "$root/sbin/mkfs.ext4"
-copy_with_libs "$(command -v e2fsck)" /sbin/e2fsck
-copy_with_libs "$(command -v fio)" /bin/fio
-[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
-# libaio is dlopen()ed by nothing here (fio links it), but keep the check explicit:
-ls "$root"/lib/x86_64-linux-gnu/libaio.so.* >/dev/null
+if [ "$tools" = 1 ]; then
+  copy_with_libs "$(command -v nbd-client)" /sbin/nbd-client
+  copy_with_libs "$(command -v mke2fs)" /sbin/mke2fs
+  ln -s mke2fs "$root/sbin/mkfs.ext4"
+  copy_with_libs "$(command -v e2fsck)" /sbin/e2fsck
+  copy_with_libs "$(command -v fio)" /bin/fio
+  if [ -f /etc/mke2fs.conf ]; then cp /etc/mke2fs.conf "$root/etc/"; fi
+  # fio's libaio engine needs libaio (fio links it; make sure it came along).
+  ls "$root"/lib/x86_64-linux-gnu/libaio.so.* >/dev/null
+fi
 
 cp "$here/init.sh" "$root/init"
 chmod 755 "$root/init"

@@ -55,17 +55,17 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What a guest boots: the kernel and the cached base initramfs.
+/// What a guest boots: the kernel (the base initramfs is built on first use).
 #[derive(Clone, Debug)]
 pub struct Kit {
+    pub kernel_root: PathBuf,
     pub vmlinuz: PathBuf,
-    pub base_initramfs: PathBuf,
     pub accel: String,
 }
 
-/// The kernel, qemu and the tools for the initramfs, with the base initramfs
-/// built (once per cache key). None when something is missing: that panics
-/// under `CI=true` and prints a SKIP line otherwise, like `require_tool`.
+/// The kernel, qemu and the tools for the initramfs. None when something is
+/// missing: that panics under `CI=true` and prints a SKIP line otherwise, like
+/// `require_tool`.
 pub fn require_vm() -> Option<Kit> {
     for tool in ["qemu-system-x86_64", "nbd-client", "mke2fs", "e2fsck", "fio", "ldd", "gzip"] {
         if find_tool(tool).is_none() && !common::require_tool(tool) {
@@ -88,10 +88,17 @@ pub fn require_vm() -> Option<Kit> {
             return None;
         }
     };
-    static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| build_base(&root, &vmlinuz));
-    match base {
-        Ok(b) => Some(Kit { vmlinuz, base_initramfs: b.clone(), accel: accel() }),
+    Some(Kit { kernel_root: root, vmlinuz, accel: accel() })
+}
+
+/// The base initramfs, with the tools (nbd-client, e2fsprogs, fio) or without,
+/// built once per process at most, and reused from the cache across runs.
+fn base_initramfs(kit: &Kit, tools: bool) -> PathBuf {
+    static WITH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static WITHOUT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let cell = if tools { &WITH } else { &WITHOUT };
+    match cell.get_or_init(|| build_base(&kit.kernel_root, &kit.vmlinuz, tools)) {
+        Ok(b) => b.clone(),
         Err(e) => panic!("building the test initramfs failed:\n{e}"),
     }
 }
@@ -124,9 +131,9 @@ fn lock(path: &Path) -> Flock<File> {
 
 /// Builds (or finds in the cache) the base initramfs. The key covers the build
 /// script, /init, the kernel and the tools copied in, so a change rebuilds it.
-fn build_base(root: &Path, vmlinuz: &Path) -> Result<PathBuf, String> {
+fn build_base(root: &Path, vmlinuz: &Path, tools: bool) -> Result<PathBuf, String> {
     let script = src_dir().join("mkinitramfs.sh");
-    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    let mut key = fnv(0xcbf2_9ce4_8422_2325u64, &[u8::from(tools)]);
     for f in [script.clone(), src_dir().join("init.sh")] {
         key = fnv(key, &fs::read(&f).map_err(|e| format!("read {}: {e}", f.display()))?);
     }
@@ -137,13 +144,16 @@ fn build_base(root: &Path, vmlinuz: &Path) -> Result<PathBuf, String> {
         }
     }
     let dir = vm_dir();
-    let out = dir.join(format!("base-{key:016x}.cpio.gz"));
+    let out = dir.join(format!("base-{}-{key:016x}.cpio.gz", if tools { "tools" } else { "min" }));
     let _guard = lock(&dir.join("build.lock"));
     if out.is_file() {
         return Ok(out);
     }
     let mut cmd = Command::new("bash");
     cmd.arg(&script).arg(root).arg(&out);
+    if !tools {
+        cmd.arg("--no-tools");
+    }
     let res = common::run_capture_timeout(&mut cmd, Duration::from_secs(600));
     if !res.status.success() || !out.is_file() {
         return Err(common::format_output("tests/vm/mkinitramfs.sh", &res));
@@ -185,6 +195,8 @@ pub struct Guest {
     pub disks: Vec<PathBuf>,
     /// User-mode networking (eth0 = 10.0.2.15/24, host loopback at 10.0.2.2).
     pub network: bool,
+    /// nbd-client, mke2fs, e2fsck and fio in the initramfs (false: a smaller one).
+    pub tools: bool,
     pub mem_mib: u32,
 }
 
@@ -196,6 +208,7 @@ impl Guest {
             binaries: Vec::new(),
             disks: Vec::new(),
             network: true,
+            tools: true,
             mem_mib: 1024,
         }
     }
@@ -326,7 +339,7 @@ impl Vm {
     pub fn boot(kit: &Kit, guest: &Guest) -> Vm {
         let dir = tempfile::Builder::new().prefix("spillway-vm-").tempdir().expect("tempdir");
         let initrd = dir.path().join("initrd.img");
-        let mut img = fs::read(&kit.base_initramfs).expect("read the base initramfs");
+        let mut img = fs::read(base_initramfs(kit, guest.tools)).expect("read the base initramfs");
         // The kernel reads the next archive from a 4-byte boundary.
         img.resize(img.len().next_multiple_of(4), 0);
         img.extend_from_slice(&per_boot_archive(guest));
