@@ -119,6 +119,20 @@ fn file_key(h: u64, p: &Path) -> u64 {
     fnv(fnv(fnv(h, p.to_string_lossy().as_bytes()), &size.to_le_bytes()), &mtime.to_le_bytes())
 }
 
+/// Deletes the cached files `PREFIX<16 hex digits>SUFFIX` in `dir` other than
+/// `keep` (older builds), so the cache does not grow with every rebuild. Call
+/// under the build lock.
+fn remove_stale(dir: &Path, prefix: &str, suffix: &str, keep: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let key = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix));
+        if key.is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit())) && e.path() != keep {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 fn lock(path: &Path) -> Flock<File> {
     let f = OpenOptions::new()
         .create(true)
@@ -159,6 +173,7 @@ fn build_base(root: &Path, vmlinuz: &Path, tools: bool) -> Result<PathBuf, Strin
         return Err(common::format_output("tests/vm/mkinitramfs.sh", &res));
     }
     eprintln!("{}", String::from_utf8_lossy(&res.stdout).trim_end());
+    remove_stale(&dir, &format!("base-{}-", if tools { "tools" } else { "min" }), ".cpio.gz", &out);
     Ok(out)
 }
 
@@ -289,6 +304,7 @@ fn stripped(bin: &Path) -> PathBuf {
         let res = common::run_capture(&mut cmd);
         assert!(res.status.success(), "{}", common::format_output("objcopy --strip-debug", &res));
         fs::rename(&tmp, &out).expect("rename the stripped binary");
+        remove_stale(&dir, &format!("{name}-"), ".stripped", &out);
     }
     out
 }
