@@ -71,6 +71,16 @@ pub fn require_tool(name: &str) -> bool {
     }
 }
 
+/// Whether the file `path` exists; `what` names it (and how to get it) in the
+/// SKIP line or CI failure. Same CI / SKIP behaviour as [`require_tool`].
+pub fn require_path(path: &Path, what: &str) -> bool {
+    if path.exists() {
+        true
+    } else {
+        missing(what)
+    }
+}
+
 /// Whether `/usr/bin/python3` can `import nbd` (libnbd's Python bindings).
 /// Same CI / SKIP behaviour as [`require_tool`].
 pub fn require_python_nbd() -> bool {
