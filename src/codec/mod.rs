@@ -3,6 +3,7 @@
 
 pub mod gf16;
 pub mod par2;
+pub mod simd;
 pub mod yenc;
 
 use std::fmt;

@@ -14,31 +14,12 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::fmt;
 use std::sync::OnceLock;
 
 pub use field::{div, exp2, inv, mul, pow};
 pub use tables::NibbleTables;
 
-/// Which implementation a [`Kernel`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelKind {
-    Scalar,
-    Ssse3,
-    Avx2,
-    Neon,
-}
-
-impl fmt::Display for KernelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KernelKind::Scalar => "scalar",
-            KernelKind::Ssse3 => "ssse3",
-            KernelKind::Avx2 => "avx2",
-            KernelKind::Neon => "neon",
-        })
-    }
-}
+pub use crate::codec::simd::KernelKind;
 
 /// A region kernel this CPU can run. Only [`Kernel::get`], [`Kernel::best`] and
 /// [`Kernel::available`] make one, and they check the CPU first, so calling it is safe.

@@ -1,28 +1,10 @@
 //! Choosing a yEnc body kernel by CPU features, and the framing shared by all of them.
 
-use std::fmt;
 use std::sync::OnceLock;
 
 use super::{frame, scalar, Decoded, YencError, LINE_LEN};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelKind {
-    Scalar,
-    Ssse3,
-    Avx2,
-    Neon,
-}
-
-impl fmt::Display for KernelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KernelKind::Scalar => "scalar",
-            KernelKind::Ssse3 => "ssse3",
-            KernelKind::Avx2 => "avx2",
-            KernelKind::Neon => "neon",
-        })
-    }
-}
+pub use crate::codec::simd::KernelKind;
 
 /// A body kernel this CPU can run; made only after checking the CPU, so calling it is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
