@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_same_blocks, pseudo_random_bytes, require_python_nbd, require_tool, run_py, stdout_of, Server};
+use common::{
+    assert_same_blocks, chunk_files, pseudo_random_bytes, require_python_nbd, require_tool, run_py, stdout_of, Server,
+};
 use spillway::chunk::format::{parse_object, ChunkTables};
 use spillway::chunk::manifest::Manifest;
-use spillway::chunk::set::key_chunk;
 
 const MIB: usize = 1 << 20;
 const BS: usize = 4096;
@@ -27,22 +27,6 @@ fn vol_dir(data: &Path) -> PathBuf {
 fn manifest(vol: &Path) -> Manifest {
     let bytes = std::fs::read(vol.join("manifest")).unwrap_or_else(|e| panic!("read manifest: {e}"));
     Manifest::decode(&bytes).unwrap_or_else(|e| panic!("decode manifest: {e}"))
-}
-
-/// Chunk ids and paths in the volume's object directory.
-fn chunk_files(vol: &Path) -> Vec<(u64, PathBuf)> {
-    let dir = vol.join("objects").join("chunks");
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?.to_owned();
-            key_chunk(&format!("chunks/{name}")).map(|id| (id, p))
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn tables(path: &Path) -> ChunkTables {
@@ -59,17 +43,9 @@ fn wal_bytes(vol: &Path) -> u64 {
         .sum()
 }
 
-/// After a clean shutdown the manifest names exactly the chunk objects there are: no
-/// leaked object, no dangling reference.
 fn assert_manifest_matches_objects(vol: &Path) {
-    let m = manifest(vol);
-    let named: BTreeSet<u64> = m.chunks.iter().map(|c| c.id).collect();
-    let present: BTreeSet<u64> = chunk_files(vol).into_iter().map(|c| c.0).collect();
-    assert_eq!(named, present, "manifest chunks vs chunk objects on the backend");
-    for r in &m.runs {
-        if let Some(l) = r.loc {
-            assert!(named.contains(&l.chunk), "run {r:?} points at a chunk the manifest does not name");
-        }
+    if let Err(e) = common::chunks_match_manifest(vol) {
+        panic!("manifest vs chunk objects on the backend: {e}");
     }
 }
 

@@ -566,3 +566,42 @@ pub fn run_py(script: &str, args: &[&str]) -> Output {
     cmd.arg(&path).args(args).env("PYTHONUNBUFFERED", "1");
     run_capture(&mut cmd)
 }
+
+/// Chunk ids and paths in a volume directory's default object backend (`objects/chunks/`).
+pub fn chunk_files(vol: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(vol.join("objects").join("chunks"))
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            spillway::chunk::set::key_chunk(&format!("chunks/{name}")).map(|id| (id, p))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// After a clean shutdown the volume's manifest names exactly the chunk objects there are
+/// (no leaked object, no dangling reference), and every run points into a named chunk.
+pub fn chunks_match_manifest(vol: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(vol.join("manifest")).map_err(|e| format!("reading the manifest: {e}"))?;
+    let m = spillway::chunk::manifest::Manifest::decode(&bytes).map_err(|e| format!("manifest: {e}"))?;
+    let named: std::collections::BTreeSet<u64> = m.chunks.iter().map(|c| c.id).collect();
+    let present: std::collections::BTreeSet<u64> = chunk_files(vol).into_iter().map(|c| c.0).collect();
+    if named != present {
+        return Err(format!(
+            "named by the manifest but missing: {:x?}\non the backend but not named: {:x?}",
+            named.difference(&present).collect::<Vec<_>>(),
+            present.difference(&named).collect::<Vec<_>>()
+        ));
+    }
+    for r in &m.runs {
+        if let Some(l) = r.loc {
+            if !named.contains(&l.chunk) {
+                return Err(format!("run {r:?} points at chunk {:x}, which the manifest does not name", l.chunk));
+            }
+        }
+    }
+    Ok(())
+}
