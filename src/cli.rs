@@ -28,6 +28,25 @@ pub enum Command {
     /// Rebuild a volume's local state (manifest and index) from its backend alone, for a
     /// machine whose local disk died. The volume directory must not exist yet.
     Recover(RecoverArgs),
+    /// Check every chunk object of the volumes against its checksums and its PAR2 recovery
+    /// data, and repair what can be repaired (written back in place). Offline: stop the
+    /// server first. Exits non-zero when a chunk is damaged beyond repair; the log names
+    /// the volume blocks at risk.
+    Scrub(ScrubArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Data directory of the volumes.
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
+
+    /// Name of an export to scrub; repeat for several [default: every volume in DATA_DIR].
+    #[arg(long = "export", value_name = "NAME")]
+    pub exports: Vec<String>,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +139,12 @@ pub struct ServeArgs {
     /// keep the codec they were written with.
     #[arg(long, value_name = "CODEC", default_value = "lz4")]
     pub codec: crate::codec::Compression,
+
+    /// PAR2 recovery data written beside each chunk object X as X.par2, in percent of the
+    /// chunk (1-100; 0: none). A chunk that fails its checksums is repaired from it and
+    /// written back; `par2 verify`/`par2 repair` read it too. Existing chunks keep theirs.
+    #[arg(long, value_name = "PERCENT", default_value = "0", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub par2: u8,
 
     /// Where a FLUSH or FUA reply lands. local: durable in the local WAL, the backend
     /// catches up in the background. backend: the reply waits until the data is in a chunk

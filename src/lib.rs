@@ -11,6 +11,7 @@ pub mod logging;
 pub mod memory_volume;
 pub mod metrics;
 pub mod recover;
+pub mod scrub;
 pub mod serve;
 pub mod store;
 pub mod systemd;

@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => spillway::serve::run(*args),
         Command::Recover(args) => spillway::recover::run(args),
+        Command::Scrub(args) => spillway::scrub::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -93,6 +93,7 @@ async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
                 flush_target: args.flush_target,
                 spill: SpillConfig {
                     codec: args.codec,
+                    par2_percent: args.par2,
                     chunk_bytes: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
                     spill_age: args.spill_age,
                     compact_below: args.compact_below,

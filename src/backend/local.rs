@@ -59,7 +59,11 @@ impl ObjectBackend for LocalBackend {
         blocking(move || {
             let dir = path.parent().map(Path::to_owned).unwrap_or_default();
             std::fs::create_dir_all(&dir).map_err(|e| io(&key, e))?;
-            let tmp = path.with_extension("tmp");
+            // `X.tmp` beside `X` (not `with_extension`, which would give `X.par2` and `X`
+            // the same temporary file).
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
             let mut f = std::fs::File::create(&tmp).map_err(|e| io(&key, e))?;
             f.write_all(&data).map_err(|e| io(&key, e))?;
             f.sync_data().map_err(|e| io(&key, e))?;

@@ -1,4 +1,4 @@
-//! Chunk object format, version 1. Little-endian, fixed-width, CRC32C everywhere. A chunk
+//! Chunk object format, version 2 (version 1 still reads). Little-endian, fixed-width, CRC32C everywhere. A chunk
 //! describes itself fully: its tables name every block (number and sequence number) and
 //! every tombstone it carries, so the index can be rebuilt from chunks alone.
 //! Documented in `docs/chunk.md`; `tests::chunk_bytes_are_pinned` pins the bytes.
@@ -6,7 +6,7 @@
 //! ```text
 //! header (64 bytes, offset 0)
 //!   0 magic "SPWCHUNK"   8 version u16   10 codec u8   11 kind u8 (1 spill, 2 compaction)
-//!  12 header_len u16 (64)   14 reserved u16
+//!  12 header_len u16 (64)   14 par2 percent u8 (0: no recovery object)   15 transport u8 (0 raw, 1 yEnc)
 //!  16 volume_id [16]   32 chunk_id u64   40 wal_segment u64   48 wal_offset u64
 //!  56 crc32c u32 (bytes 0..56)   60 reserved u32
 //! frames, back to back from offset 64, each compressed on its own (or raw)
@@ -28,7 +28,10 @@ use crate::wal::record::BLOCK_SIZE;
 
 pub const CHUNK_MAGIC: [u8; 8] = *b"SPWCHUNK";
 pub const FOOTER_MAGIC: [u8; 8] = *b"SPWCHEND";
-pub const CHUNK_VERSION: u16 = 1;
+/// Version written. Version 1 differs only in bytes 14..16 of the header, which it left
+/// zero (no recovery data, raw transport), so both read the same way.
+pub const CHUNK_VERSION: u16 = 2;
+const OLDEST_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 48;
 pub const FRAME_ENTRY: usize = 24;
@@ -38,6 +41,8 @@ pub const TOMB_ENTRY: usize = 24;
 pub const FRAME_BLOCKS: usize = 16;
 pub const KIND_SPILL: u8 = 1;
 pub const KIND_COMPACTION: u8 = 2;
+pub const TRANSPORT_RAW: u8 = 0;
+pub const TRANSPORT_YENC: u8 = 1;
 const FLAG_COMPRESSED: u8 = 1;
 const FLAG_KEEP_ALLOCATED: u32 = 1;
 
@@ -59,6 +64,10 @@ pub enum ChunkFormatError {
 pub struct ChunkHeader {
     pub codec: u8,
     pub kind: u8,
+    /// PAR2 redundancy of the recovery object `X.par2` written beside it; 0: none.
+    pub par2_percent: u8,
+    /// How the object travels to the backend: [`TRANSPORT_RAW`] or [`TRANSPORT_YENC`].
+    pub transport: u8,
     pub volume_id: [u8; 16],
     pub chunk_id: u64,
     /// For spill chunks: the WAL position (segment, offset) everything up to which is spilled.
@@ -123,6 +132,8 @@ impl ChunkHeader {
         b[10] = self.codec;
         b[11] = self.kind;
         b[12..14].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        b[14] = self.par2_percent;
+        b[15] = self.transport;
         b[16..32].copy_from_slice(&self.volume_id);
         b[32..40].copy_from_slice(&self.chunk_id.to_le_bytes());
         b[40..48].copy_from_slice(&self.wal_segment.to_le_bytes());
@@ -137,7 +148,7 @@ impl ChunkHeader {
             return Err(ChunkFormatError::Magic);
         }
         let v = u16at(b, 8);
-        if v != CHUNK_VERSION {
+        if !(OLDEST_VERSION..=CHUNK_VERSION).contains(&v) {
             return Err(ChunkFormatError::Version(v));
         }
         if crc32c::crc32c(&b[0..56]) != u32at(b, 56) {
@@ -148,9 +159,12 @@ impl ChunkHeader {
         }
         let mut volume_id = [0u8; 16];
         volume_id.copy_from_slice(&b[16..32]);
+        let (par2_percent, transport) = if v == 1 { (0, TRANSPORT_RAW) } else { (b[14], b[15]) };
         Ok(Self {
             codec: b[10],
             kind: b[11],
+            par2_percent,
+            transport,
             volume_id,
             chunk_id: u64at(b, 32),
             wal_segment: u64at(b, 40),
@@ -194,7 +208,7 @@ impl Footer {
             return Err(ChunkFormatError::Checksum("footer"));
         }
         let v = u16at(b, 40);
-        if v != CHUNK_VERSION {
+        if !(OLDEST_VERSION..=CHUNK_VERSION).contains(&v) {
             return Err(ChunkFormatError::Version(v));
         }
         Ok(Self {
@@ -403,7 +417,16 @@ mod tests {
     use super::*;
 
     fn header() -> ChunkHeader {
-        ChunkHeader { codec: 0, kind: KIND_SPILL, volume_id: [7; 16], chunk_id: 3, wal_segment: 2, wal_offset: 8192 }
+        ChunkHeader {
+            codec: 0,
+            kind: KIND_SPILL,
+            par2_percent: 10,
+            transport: TRANSPORT_RAW,
+            volume_id: [7; 16],
+            chunk_id: 3,
+            wal_segment: 2,
+            wal_offset: 8192,
+        }
     }
 
     #[test]
@@ -462,16 +485,17 @@ mod tests {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let head = concat!(
             "5350574348554e4b",
-            "0100",
+            "0200",
             "00",
             "01",
             "4000",
-            "0000",
+            "0a",
+            "00",
             "07070707070707070707070707070707",
             "0300000000000000",
             "0200000000000000",
             "0020000000000000",
-            "8600608e",
+            "0c2861cf",
             "00000000"
         );
         let tail = concat!(
@@ -493,7 +517,7 @@ mod tests {
             "0400000000000000",
             "02000000",
             "00000000",
-            // footer: magic, table offset 4160, 1 frame, 1 block, 1 tombstone, tables crc, chunk 3, v1
+            // footer: magic, table offset 4160, 1 frame, 1 block, 1 tombstone, tables crc, chunk 3, v2
             "5350574348454e44",
             "4010000000000000",
             "01000000",
@@ -501,13 +525,34 @@ mod tests {
             "01000000",
             "febe56c2",
             "0300000000000000",
-            "0100",
+            "0200",
             "0000",
-            "4b9f6b2d"
+            "7216494f"
         );
         let block_crc = hex(&crc32c::crc32c(&d).to_le_bytes());
         assert_eq!(block_crc, "93413794");
         assert_eq!(hex(&obj[..HEADER_LEN]), head);
         assert_eq!(hex(&obj[HEADER_LEN + BLOCK_SIZE..]), tail.replace("PINCRC", &block_crc));
+    }
+
+    /// A version 1 chunk (bytes 14..16 zero, both versions fields 1) still reads, as a chunk
+    /// without recovery data that travels raw.
+    #[test]
+    fn version_1_chunks_read() {
+        let d = vec![0x5Au8; BLOCK_SIZE];
+        let (mut obj, _) = build(header(), Compression::None, &[BlockIn { block: 5, seq: 6, data: &d }], &[]);
+        obj[8..10].copy_from_slice(&1u16.to_le_bytes());
+        obj[14] = 0;
+        let crc = crc32c::crc32c(&obj[0..56]);
+        obj[56..60].copy_from_slice(&crc.to_le_bytes());
+        let f = obj.len() - FOOTER_LEN;
+        obj[f + 40..f + 42].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c(&obj[f..f + 44]);
+        obj[f + 44..f + 48].copy_from_slice(&crc.to_le_bytes());
+        let t = parse_object(&obj).unwrap();
+        assert_eq!((t.header.par2_percent, t.header.transport), (0, TRANSPORT_RAW));
+        assert_eq!(t.blocks.len(), 1);
+        obj[8..10].copy_from_slice(&3u16.to_le_bytes());
+        assert!(matches!(ChunkHeader::decode(&obj), Err(ChunkFormatError::Version(3))));
     }
 }

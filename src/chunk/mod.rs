@@ -5,6 +5,7 @@ pub mod base;
 pub mod format;
 pub mod manifest;
 pub mod rebuild;
+pub mod recovery;
 pub mod set;
 pub mod spiller;
 pub mod store;
@@ -25,6 +26,12 @@ pub enum ChunkError {
     },
     #[error("chunk {chunk:016x} frame {frame} is damaged ({detail}); the blocks in it cannot be read")]
     Damaged { chunk: u64, frame: u32, detail: String },
+    #[error("chunk {chunk:016x} recovery data: {source}")]
+    Recovery {
+        chunk: u64,
+        #[source]
+        source: crate::codec::par2::Par2Error,
+    },
     #[error("chunk {0:016x} is not known to this volume")]
     Unknown(u64),
     #[error("manifest: {0}")]

@@ -1,12 +1,15 @@
 //! Loading persisted state: a manifest into the index and the chunk set, chunks written
 //! after it adopted and leftovers cleaned up, and the whole index rebuilt from the backend alone (`spillway recover`).
 
+use std::collections::HashSet;
+
 use tracing::{info, warn};
 
 use super::base::{Base, BaseRef};
 use super::format::ChunkTables;
 use super::format::KIND_SPILL;
 use super::manifest::{key_generation, manifest_key, next_place, Manifest};
+use super::recovery::key_recovery;
 use super::set::{key_chunk, ChunkMeta, ChunkSet};
 use super::store::{meta_from_tables, ChunkStore};
 use super::ChunkError;
@@ -80,8 +83,17 @@ pub struct Orphans {
 /// still exist, or a chunk whose deletion was cut short.
 pub async fn adopt_or_clean(store: &ChunkStore, replay_from: (u64, u64)) -> Result<Orphans, ChunkError> {
     let listed = store.backend.list("chunks/").await?;
+    let chunk_ids: HashSet<u64> = listed.iter().filter_map(|o| key_chunk(&o.key)).collect();
     let mut out = Orphans::default();
     for o in listed {
+        if let Some(id) = key_recovery(&o.key) {
+            // The chunk it protected is gone (a deletion cut short between the two).
+            if !chunk_ids.contains(&id) {
+                store.backend.delete(&o.key).await?;
+                out.deleted += 1;
+            }
+            continue;
+        }
         let Some(id) = key_chunk(&o.key) else { continue };
         store.set.bump_next_id(id + 1);
         if store.set.get(id).is_some() {
@@ -92,7 +104,7 @@ pub async fn adopt_or_clean(store: &ChunkStore, replay_from: (u64, u64)) -> Resu
             Err(e @ ChunkError::Format { .. }) => {
                 // Useless to `recover`, and whatever it spilled is still in the local WAL.
                 warn!(chunk = format!("{id:016x}"), error = %e, "unreadable chunk the manifest does not name; deleted");
-                store.backend.delete(&o.key).await?;
+                store.delete_chunk(id).await?;
                 out.deleted += 1;
                 continue;
             }
@@ -106,7 +118,7 @@ pub async fn adopt_or_clean(store: &ChunkStore, replay_from: (u64, u64)) -> Resu
             out.adopted.push((id, end));
             continue;
         }
-        store.backend.delete(&o.key).await?;
+        store.delete_chunk(id).await?;
         out.deleted += 1;
     }
     if !out.adopted.is_empty() || out.deleted > 0 {
@@ -231,7 +243,16 @@ mod tests {
         let datas: Vec<Vec<u8>> = blocks.iter().map(|b| vec![b.2; BLOCK_SIZE]).collect();
         let ins: Vec<BlockIn> =
             blocks.iter().zip(&datas).map(|(b, d)| BlockIn { block: b.0, seq: b.1, data: d }).collect();
-        let h = ChunkHeader { codec: 0, kind, volume_id: VOL, chunk_id: id, wal_segment: end.0, wal_offset: end.1 };
+        let h = ChunkHeader {
+            codec: 0,
+            kind,
+            par2_percent: 0,
+            transport: crate::chunk::format::TRANSPORT_RAW,
+            volume_id: VOL,
+            chunk_id: id,
+            wal_segment: end.0,
+            wal_offset: end.1,
+        };
         let (obj, _) = build(h, Compression::None, &ins, tombs);
         store.backend.put(&chunk_key(id), Bytes::from(obj)).await.unwrap();
     }

@@ -22,7 +22,8 @@ use tracing::{debug, error, info, warn};
 use super::base::{Base, BaseRef};
 use super::format::{self, BlockIn, ChunkHeader, ChunkTables, Tombstone, KIND_COMPACTION, KIND_SPILL};
 use super::manifest::{manifest_key, next_place, ChunkRecord, Manifest, Run};
-use super::set::{chunk_key, ChunkMeta};
+use super::recovery::{self, recovery_key};
+use super::set::{chunk_key, key_chunk, ChunkMeta};
 use super::store::{meta_from_tables, ChunkStore};
 use super::ChunkError;
 use crate::backend::retry::backoff;
@@ -45,6 +46,9 @@ type Uploaded = (u64, ChunkTables, Vec<Pick>);
 pub struct SpillConfig {
     /// Default: lz4.
     pub codec: Compression,
+    /// PAR2 redundancy of the recovery object written beside each chunk, in percent; 0
+    /// writes none. Default: 0.
+    pub par2_percent: u8,
     /// Raw block bytes per chunk. Default: 4 MiB.
     pub chunk_bytes: usize,
     /// Synced data older than this is spilled even if its segment is not full. Default: 30 s.
@@ -64,6 +68,7 @@ impl Default for SpillConfig {
     fn default() -> Self {
         Self {
             codec: Compression::Lz4,
+            par2_percent: 0,
             chunk_bytes: 4 << 20,
             spill_age: Duration::from_secs(30),
             manifest_interval: Duration::from_secs(5),
@@ -376,26 +381,21 @@ impl Spiller {
         let results: Vec<Result<Uploaded, ChunkError>> = futures::stream::iter(jobs.into_iter().map(|(id, g, t)| {
             let img = Arc::clone(&img);
             async move {
-                let header = ChunkHeader {
-                    codec: 0,
-                    kind: KIND_SPILL,
-                    volume_id: self.store.volume_id,
-                    chunk_id: id,
-                    wal_segment: seg_id,
-                    wal_offset: to,
-                };
+                let header = self.header(id, KIND_SPILL, (seg_id, to));
                 let codec = self.cfg.codec;
                 let g2 = g.clone();
-                let (obj, tables) = tokio::task::spawn_blocking(move || {
+                let (obj, tables, rec) = tokio::task::spawn_blocking(move || {
                     let ins: Vec<BlockIn> = g2
                         .iter()
                         .map(|&(block, seq, _, at)| BlockIn { block, seq, data: &img[at..at + BLOCK_SIZE] })
                         .collect();
-                    format::build(header, codec, &ins, &t)
+                    let (obj, tables) = format::build(header, codec, &ins, &t);
+                    let rec = with_recovery(id, &obj, header.par2_percent);
+                    (obj, tables, rec)
                 })
                 .await
                 .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
-                self.upload(id, Bytes::from(obj)).await?;
+                self.upload_with_recovery(id, Bytes::from(obj), rec?).await?;
                 Ok((id, tables, g))
             }
         }))
@@ -440,10 +440,32 @@ impl Spiller {
         Ok(())
     }
 
+    /// The header of a new chunk of this volume, with the pipeline it is written with.
+    fn header(&self, id: u64, kind: u8, wal: (u64, u64)) -> ChunkHeader {
+        ChunkHeader {
+            codec: self.cfg.codec.id(),
+            kind,
+            par2_percent: self.cfg.par2_percent,
+            transport: self.store.transport(),
+            volume_id: self.store.volume_id,
+            chunk_id: id,
+            wal_segment: wal.0,
+            wal_offset: wal.1,
+        }
+    }
+
+    /// Upload a chunk's recovery object (if any), then the chunk: a chunk on the backend
+    /// always has the recovery object its header promises.
+    async fn upload_with_recovery(&self, id: u64, obj: Bytes, rec: Option<Vec<u8>>) -> Result<(), ChunkError> {
+        if let Some(rec) = rec {
+            self.upload(recovery_key(id), Bytes::from(rec)).await?;
+        }
+        self.upload(chunk_key(id), obj).await
+    }
+
     /// Upload, retrying with backoff for as long as it takes; the WAL holds the data
     /// meanwhile. At shutdown, give up after a while (the data stays in the WAL).
-    async fn upload(&self, id: u64, obj: Bytes) -> Result<(), ChunkError> {
-        let key = chunk_key(id);
+    async fn upload(&self, key: String, obj: Bytes) -> Result<(), ChunkError> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
@@ -451,7 +473,9 @@ impl Spiller {
                 Ok(()) => {
                     metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(obj.len() as u64);
                     self.totals.uploaded_bytes.fetch_add(obj.len() as u64, Ordering::Relaxed);
-                    self.totals.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+                    if key_chunk(&key).is_some() {
+                        self.totals.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+                    }
                     if attempt > 0 {
                         info!(key, attempts = attempt + 1, "backend reachable again; upload done");
                     }
@@ -538,29 +562,24 @@ impl Spiller {
         let mut new_id = None;
         if !entries.is_empty() {
             let id = self.store.set.allocate_id();
-            let header = ChunkHeader {
-                codec: 0,
-                kind: KIND_COMPACTION,
-                volume_id: self.store.volume_id,
-                chunk_id: id,
-                wal_segment: st.pos.0,
-                wal_offset: st.pos.1,
-            };
+            let header = self.header(id, KIND_COMPACTION, st.pos);
             let codec = self.cfg.codec;
             let list: Vec<u64> = entries.iter().map(|e| e.0).collect();
             let data = Arc::new(data);
             let d2 = Arc::clone(&data);
-            let (obj, tables) = tokio::task::spawn_blocking(move || {
+            let (obj, tables, rec) = tokio::task::spawn_blocking(move || {
                 let ins: Vec<BlockIn> = list
                     .iter()
                     .enumerate()
                     .map(|(i, &block)| BlockIn { block, seq: 0, data: &d2[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE] })
                     .collect();
-                format::build(header, codec, &ins, &[])
+                let (obj, tables) = format::build(header, codec, &ins, &[]);
+                let rec = with_recovery(id, &obj, header.par2_percent);
+                (obj, tables, rec)
             })
             .await
             .map_err(|e| ChunkError::Other(format!("chunk build failed: {e}")))?;
-            self.upload(id, Bytes::from(obj)).await?;
+            self.upload_with_recovery(id, Bytes::from(obj), rec?).await?;
             self.store.set.insert(meta_from_tables(&tables)?);
             for (e, (block, from)) in tables.blocks.iter().zip(entries.iter()) {
                 let to = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
@@ -618,7 +637,7 @@ impl Spiller {
         metrics::counter!(crate::metrics::MANIFESTS_WRITTEN).increment(1);
         debug!(generation = m.generation, chunks = m.chunks.len(), runs = m.runs.len(), "manifest written");
         for id in std::mem::take(&mut st.doomed) {
-            if let Err(e) = self.store.backend.delete(&chunk_key(id)).await {
+            if let Err(e) = self.store.delete_chunk(id).await {
                 warn!(chunk = format!("{id:016x}"), error = %e, "deleting a compacted chunk failed; it is retried");
                 st.doomed.push(id);
                 continue;
@@ -629,7 +648,7 @@ impl Spiller {
         }
         let covered: Vec<u64> = st.adopted.iter().filter(|a| a.1 <= m.replay_from).map(|a| a.0).collect();
         for id in covered {
-            match self.store.backend.delete(&chunk_key(id)).await {
+            match self.store.delete_chunk(id).await {
                 Ok(()) => st.adopted.retain(|a| a.0 != id),
                 Err(e) => {
                     warn!(chunk = format!("{id:016x}"), error = %e, "deleting a superseded chunk failed; it is retried")
@@ -709,4 +728,12 @@ pub fn snapshot(
             .collect(),
         runs,
     }
+}
+
+/// The recovery object of a chunk just built, when the pipeline asks for one.
+fn with_recovery(id: u64, obj: &[u8], percent: u8) -> Result<Option<Vec<u8>>, ChunkError> {
+    if percent == 0 {
+        return Ok(None);
+    }
+    recovery::create(id, obj, percent).map(Some)
 }

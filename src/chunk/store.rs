@@ -1,15 +1,18 @@
 //! Reading and writing chunk objects through a backend: frames fetched with range reads,
 //! checked, decompressed and cached; tables fetched from a chunk's tail.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tracing::error;
+use tracing::{error, warn};
 
 use super::format::{self, ChunkTables, Footer, FOOTER_LEN, HEADER_LEN};
+use super::recovery;
 use super::set::{chunk_key, ChunkMeta, ChunkSet};
 use super::ChunkError;
-use crate::backend::DynBackend;
+use crate::backend::{BackendError, DynBackend};
+use crate::codec::par2::RepairOutcome;
 use crate::codec::Compression;
 use crate::store::cache::FrameCache;
 use crate::store::index::Loc;
@@ -20,11 +23,36 @@ pub struct ChunkStore {
     pub set: ChunkSet,
     pub cache: FrameCache,
     pub volume_id: [u8; 16],
+    /// One repair at a time: a damaged chunk read by many requests is fetched and rebuilt once.
+    repair_lock: tokio::sync::Mutex<()>,
+    /// Chunks found damaged that their recovery data cannot fix (or that have none): not
+    /// fetched again for each read; their intact blocks are still salvaged one by one.
+    beyond_repair: parking_lot::Mutex<HashSet<u64>>,
+    /// How objects travel to the backend, recorded in each chunk header.
+    transport: u8,
 }
 
 impl ChunkStore {
     pub fn new(backend: DynBackend, set: ChunkSet, cache_bytes: usize, volume_id: [u8; 16]) -> Self {
-        Self { backend, set, cache: FrameCache::new(cache_bytes), volume_id }
+        Self {
+            backend,
+            set,
+            cache: FrameCache::new(cache_bytes),
+            volume_id,
+            repair_lock: tokio::sync::Mutex::new(()),
+            beyond_repair: Default::default(),
+            transport: format::TRANSPORT_RAW,
+        }
+    }
+
+    /// The store of a volume whose objects travel with `transport` (recorded in headers).
+    pub fn with_transport(mut self, transport: u8) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn transport(&self) -> u8 {
+        self.transport
     }
 
     /// The decompressed frame holding `loc`, from the cache or the backend.
@@ -35,9 +63,78 @@ impl ChunkStore {
         }
         metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
         let meta = self.set.get(loc.chunk).ok_or(ChunkError::Unknown(loc.chunk))?;
-        let data = self.fetch_frame(&meta, loc.frame).await?;
+        let data = match self.fetch_frame(&meta, loc.frame).await {
+            Err(ChunkError::Damaged { .. }) if self.repair(meta.id).await? => {
+                self.fetch_frame(&meta, loc.frame).await?
+            }
+            r => r?,
+        };
         self.cache.insert(loc.chunk, loc.frame, Arc::clone(&data));
         Ok(data)
+    }
+
+    /// Repair chunk `id` from its recovery object and write it back. `Ok(true)` when the
+    /// chunk now matches its recovery data (read it again), `Ok(false)` when it cannot be
+    /// repaired: no recovery object, or damage beyond it. Either way the log says what.
+    pub async fn repair(&self, id: u64) -> Result<bool, ChunkError> {
+        let _one = self.repair_lock.lock().await;
+        if self.beyond_repair.lock().contains(&id) {
+            return Ok(false);
+        }
+        let chunk = format!("{id:016x}");
+        let rec = match self.backend.get(&recovery::recovery_key(id)).await {
+            Ok(b) => b,
+            Err(BackendError::NotFound { .. }) => {
+                warn!(chunk, "damaged chunk has no recovery object (written without --par2); cannot repair");
+                self.beyond_repair.lock().insert(id);
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let obj = self.backend.get(&chunk_key(id)).await?;
+        let (outcome, repaired, at_risk) = tokio::task::spawn_blocking(move || {
+            let mut data = obj.to_vec();
+            let outcome = recovery::repair(id, &mut data, &rec);
+            let at_risk = if outcome.is_err() { recovery::damaged_blocks(&data) } else { Some(Vec::new()) };
+            (outcome, data, at_risk)
+        })
+        .await
+        .map_err(|e| ChunkError::Other(format!("repair task failed: {e}")))?;
+        match outcome {
+            Ok(RepairOutcome::Intact) => Ok(true),
+            Ok(RepairOutcome::Repaired(r)) => {
+                self.backend.put(&chunk_key(id), Bytes::from(repaired)).await?;
+                self.cache.drop_chunk(id);
+                metrics::counter!(crate::metrics::CHUNKS_REPAIRED).increment(1);
+                warn!(
+                    chunk,
+                    slices = r.slices.len(),
+                    slice_bytes = r.slice_size,
+                    byte_ranges = ?r.byte_ranges,
+                    "damaged chunk repaired from its recovery object and written back"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::CHUNKS_UNREPAIRABLE).increment(1);
+                match at_risk {
+                    Some(blocks) => error!(
+                        chunk,
+                        error = %e,
+                        blocks = ?blocks,
+                        "chunk damaged beyond its recovery data: reads of these volume blocks (4 KiB each) \
+                         fail with EIO unless a block's own checksum still holds"
+                    ),
+                    None => error!(
+                        chunk,
+                        error = %e,
+                        "chunk damaged beyond its recovery data, its block table too: every block in it is at risk"
+                    ),
+                }
+                self.beyond_repair.lock().insert(id);
+                Ok(false)
+            }
+        }
     }
 
     async fn fetch_frame(&self, meta: &ChunkMeta, frame: u32) -> Result<Arc<Vec<u8>>, ChunkError> {
@@ -119,8 +216,11 @@ impl ChunkStore {
         });
     }
 
-    pub async fn put_chunk(&self, id: u64, object: Bytes) -> Result<(), ChunkError> {
-        self.backend.put(&chunk_key(id), object).await?;
+    /// Delete a chunk and its recovery object (if any).
+    pub async fn delete_chunk(&self, id: u64) -> Result<(), ChunkError> {
+        self.backend.delete(&chunk_key(id)).await?;
+        self.backend.delete(&recovery::recovery_key(id)).await?;
+        self.beyond_repair.lock().remove(&id);
         Ok(())
     }
 
