@@ -146,6 +146,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PERCENT", default_value = "0", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub par2: u8,
 
+    /// Store a new volume's objects (chunks, recovery data, manifests) as yEnc text, for
+    /// backends or transports that carry only text-safe bytes. Fixed when the volume is
+    /// created: an existing volume keeps its transport (and --yenc on a raw one is refused).
+    #[arg(long)]
+    pub yenc: bool,
+
     /// Where a FLUSH or FUA reply lands. local: durable in the local WAL, the backend
     /// catches up in the background. backend: the reply waits until the data is in a chunk
     /// on the backend (for a local disk that cannot be trusted).

@@ -55,8 +55,18 @@ async fn recover_one(args: &RecoverArgs, name: &str) -> anyhow::Result<()> {
         .get(BACKEND_META_KEY)
         .await
         .with_context(|| format!("reading {BACKEND_META_KEY} from {}", backend.describe()))?;
+    // A yEnc volume's objects, this one included, are yEnc files.
+    let meta_bytes = if meta_bytes.starts_with(b"=ybegin ") {
+        Bytes::from(
+            crate::codec::yenc::decode(&meta_bytes).context("the backend's volume.meta is damaged (yEnc)")?.data,
+        )
+    } else {
+        meta_bytes
+    };
     let meta = VolumeMeta::decode(&meta_bytes).context("the backend's volume.meta is damaged")?;
-    let store = ChunkStore::new(Arc::clone(&backend), ChunkSet::new(1), 0, meta.volume_id);
+    let backend = crate::volume::with_transport(backend, meta.transport);
+    let store =
+        ChunkStore::new(Arc::clone(&backend), ChunkSet::new(1), 0, meta.volume_id).with_transport(meta.transport);
     let index = Index::new(16);
     let rebuilt = rebuild_from_backend(&store, &index).await?;
     let generation = rebuilt.manifest_generation + 1;

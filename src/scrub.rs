@@ -19,6 +19,7 @@ use crate::cli::ScrubArgs;
 use crate::codec::par2::RepairOutcome;
 use crate::codec::Compression;
 use crate::serve::{export_dir_name, lock_data_dir};
+use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_YENC};
 
 /// What one chunk turned out to be.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,7 +82,13 @@ async fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
             &name,
         )
         .with_context(|| format!("opening the backend of volume {name:?}"))?;
-        let t = scrub_volume(&name, &dir, &backend).await.with_context(|| format!("scrubbing volume {name:?}"))?;
+        let meta_path = dir.join(META_FILE);
+        let meta = std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?;
+        let meta = VolumeMeta::decode(&meta).with_context(|| format!("{} is damaged", meta_path.display()))?;
+        let backend = crate::volume::with_transport(backend, meta.transport);
+        let t = scrub_volume(&name, &dir, &backend, meta.transport == TRANSPORT_YENC)
+            .await
+            .with_context(|| format!("scrubbing volume {name:?}"))?;
         println!(
             "scrubbed {name:?}: {} chunks ({} bytes): {} intact, {} repaired, {} damaged beyond repair, {} without recovery data",
             t.chunks, t.bytes, t.intact, t.repaired, t.lost, t.unprotected
@@ -94,14 +101,14 @@ async fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scrub_volume(name: &str, dir: &Path, backend: &DynBackend) -> anyhow::Result<Tally> {
+async fn scrub_volume(name: &str, dir: &Path, backend: &DynBackend, yenc: bool) -> anyhow::Result<Tally> {
     let listed = backend.list("chunks/").await?;
     let chunks: Vec<(u64, u64)> = listed.iter().filter_map(|o| key_chunk(&o.key).map(|id| (id, o.size))).collect();
     let total: u64 = chunks.iter().map(|c| c.1).sum();
     let progress = Progress::new(name, dir, chunks.len() as u64, total);
     let mut t = Tally::default();
     for (id, size) in chunks {
-        let (verdict, protected) = scrub_chunk(backend, id).await?;
+        let (verdict, protected) = scrub_chunk(backend, id, yenc).await?;
         t.chunks += 1;
         t.bytes += size;
         t.unprotected += u64::from(!protected);
@@ -134,9 +141,10 @@ async fn scrub_volume(name: &str, dir: &Path, backend: &DynBackend) -> anyhow::R
 
 /// Check one chunk; repair it if it is damaged and has recovery data. Also says whether it
 /// has a recovery object.
-async fn scrub_chunk(backend: &DynBackend, id: u64) -> anyhow::Result<(Verdict, bool)> {
-    let obj = backend.get(&chunk_key(id)).await?;
-    let rec = match backend.get(&recovery_key(id)).await {
+async fn scrub_chunk(backend: &DynBackend, id: u64, yenc: bool) -> anyhow::Result<(Verdict, bool)> {
+    let obj = backend.get_for_repair(&chunk_key(id)).await?;
+    let unwrapped = obj.clone();
+    let rec = match backend.get_for_repair(&recovery_key(id)).await {
         Ok(r) => Some(r),
         Err(BackendError::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
@@ -147,6 +155,13 @@ async fn scrub_chunk(backend: &DynBackend, id: u64) -> anyhow::Result<(Verdict, 
         .map_err(|e| anyhow::anyhow!("scrub task failed: {e}"))?;
     if let Some(fixed) = repaired {
         backend.put(&chunk_key(id), fixed).await?;
+    } else if yenc && verdict == Verdict::Intact {
+        // The bytes are right; is their yEnc wrapping? If not, write them anew.
+        if let Err(BackendError::Corrupt { detail, .. }) = backend.get(&chunk_key(id)).await {
+            warn!(chunk = format!("{id:016x}"), detail, "damaged yEnc wrapping of intact bytes; written anew");
+            backend.put(&chunk_key(id), unwrapped).await?;
+            return Ok((Verdict::Repaired { slices: 0 }, protected));
+        }
     }
     Ok((verdict, protected))
 }

@@ -100,6 +100,7 @@ async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
                     upload_parallel: args.upload_parallel,
                     ..SpillConfig::default()
                 },
+                yenc: args.yenc,
                 ..VolumeConfig::default()
             };
             let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)

@@ -27,7 +27,7 @@ use crate::error::VolumeError;
 use crate::io::FileSystem;
 use crate::store::arena::{Arena, SlotId};
 use crate::store::index::{BlockState, Entry, Index, Loc};
-use crate::volume_meta::{VolumeMeta, META_FILE};
+use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
 use crate::wal::record::BLOCK_SIZE;
 use crate::wal::replay::replay;
 use crate::wal::writer::{Op, Shared, WalConfig, Writer};
@@ -72,6 +72,9 @@ pub struct VolumeConfig {
     pub flush_target: FlushTarget,
     /// The spill to chunks.
     pub spill: SpillConfig,
+    /// A new volume's objects travel yEnc-encoded; an existing volume keeps its transport,
+    /// and `true` on a raw one is refused. Default: false.
+    pub yenc: bool,
 }
 
 /// Where a FLUSH (or FUA) reply means the data is.
@@ -107,6 +110,7 @@ impl Default for VolumeConfig {
             readahead_frames: 2,
             flush_target: FlushTarget::Local,
             spill: SpillConfig::default(),
+            yenc: false,
         }
     }
 }
@@ -203,10 +207,13 @@ impl Volume {
         cfg.validate()?;
         let wal_dir = dir.join("wal");
         fs.create_dir_all(&wal_dir).map_err(|e| VolumeError::io(format!("creating {}", wal_dir.display()), e))?;
-        let meta = load_or_create_meta(&*fs, dir, cfg.size)?;
+        let meta = load_or_create_meta(&*fs, dir, cfg.size, cfg.yenc)?;
+        let backend = with_transport(backend, meta.transport);
         check_backend_meta(&backend, &meta).await?;
         let index = Arc::new(Index::new(cfg.index_shards));
-        let store = Arc::new(ChunkStore::new(backend, ChunkSet::new(1), cfg.cache_bytes, meta.volume_id));
+        let store = Arc::new(
+            ChunkStore::new(backend, ChunkSet::new(1), cfg.cache_bytes, meta.volume_id).with_transport(meta.transport),
+        );
         let manifest_path = dir.join(MANIFEST_FILE);
         let mut base = Base::new();
         let manifest = match fs
@@ -282,6 +289,7 @@ impl Volume {
             chunks = store.set.len(),
             backend = %store.backend.describe(),
             durability = cfg.durability.name(),
+            pipeline = %crate::chunk::pipeline_name(cfg.spill.codec, cfg.spill.par2_percent, meta.transport),
             "volume opened"
         );
         Ok(Self {
@@ -609,7 +617,21 @@ impl Volume {
     }
 }
 
-fn load_or_create_meta(fs: &dyn FileSystem, dir: &Path, size: Option<u64>) -> Result<VolumeMeta, VolumeError> {
+/// The volume's backend as its transport needs it: yEnc volumes get the yEnc layer on top.
+pub fn with_transport(backend: DynBackend, transport: u8) -> DynBackend {
+    if transport == TRANSPORT_YENC {
+        Arc::new(crate::backend::yenc::YencBackend::new(backend))
+    } else {
+        backend
+    }
+}
+
+fn load_or_create_meta(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    size: Option<u64>,
+    yenc: bool,
+) -> Result<VolumeMeta, VolumeError> {
     let path = dir.join(META_FILE);
     let existing = fs.read_file(&path).map_err(|e| VolumeError::io(format!("reading {}", path.display()), e))?;
     match existing {
@@ -618,10 +640,17 @@ fn load_or_create_meta(fs: &dyn FileSystem, dir: &Path, size: Option<u64>) -> Re
             if let Some(s) = size.filter(|&s| s != meta.size) {
                 return Err(VolumeError::SizeMismatch { path, existing: meta.size, asked: s });
             }
+            if yenc && meta.transport != TRANSPORT_YENC {
+                return Err(VolumeError::Config(format!(
+                    "{} was created without --yenc; a volume keeps the transport it was created with",
+                    path.display()
+                )));
+            }
             Ok(meta)
         }
         None => {
-            let meta = VolumeMeta { size: size.unwrap_or(DEFAULT_SIZE), volume_id: random_id()? };
+            let transport = if yenc { TRANSPORT_YENC } else { TRANSPORT_RAW };
+            let meta = VolumeMeta { size: size.unwrap_or(DEFAULT_SIZE), volume_id: random_id()?, transport };
             fs.write_file_atomic(&path, &meta.encode())
                 .map_err(|e| VolumeError::io(format!("writing {}", path.display()), e))?;
             info!(path = %path.display(), size = meta.size, "volume created");

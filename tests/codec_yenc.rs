@@ -7,34 +7,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{pseudo_random_bytes, run_capture, run_ok, stdout_of};
+use common::{pseudo_random_bytes, require_sabctools, sabctools as helper};
 use spillway::codec::yenc::{self, Kernel};
-
-fn python() -> String {
-    std::env::var("SPILLWAY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// Whether sabctools imports. When not: panics under `CI=true`, else prints SKIP.
-fn require_sabctools() -> bool {
-    let ok = run_capture(Command::new(python()).args(["-c", "import sabctools"])).status.success();
-    if !ok {
-        let test = std::thread::current().name().unwrap_or("<test>").to_owned();
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true: missing tool sabctools ({}) fails the suite", python());
-        }
-        eprintln!("SKIP: {test}: sabctools not installed for {}", python());
-    }
-    ok
-}
-
-fn helper(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/yenc_sabctools.py");
-    let out = run_ok(Command::new(python()).current_dir(dir).arg(script).args(args));
-    serde_json::from_str(stdout_of(&out).trim()).expect("helper prints JSON")
-}
 
 /// Bytes that encode to every escaped character often, mixed with random ones.
 fn inputs() -> Vec<Vec<u8>> {

@@ -6,6 +6,7 @@ pub mod faulty;
 pub mod local;
 pub mod retry;
 pub mod s3;
+pub mod yenc;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub enum BackendError {
     },
     #[error("backend configuration: {0}")]
     Config(String),
+    #[error("object {key} is damaged: {detail}")]
+    Corrupt { key: String, detail: String },
     #[error("injected fault on {key}")]
     Injected { key: String },
 }
@@ -40,7 +43,7 @@ impl BackendError {
     /// Worth trying again (a network or server hiccup), as opposed to a permanent answer.
     pub fn is_transient(&self) -> bool {
         match self {
-            BackendError::NotFound { .. } | BackendError::Config(_) => false,
+            BackendError::NotFound { .. } | BackendError::Config(_) | BackendError::Corrupt { .. } => false,
             BackendError::Store { source, .. } => {
                 !matches!(source, object_store::Error::NotFound { .. } | object_store::Error::NotImplemented)
             }
@@ -62,6 +65,12 @@ pub trait ObjectBackend: Send + Sync + 'static {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), BackendError>;
     async fn get(&self, key: &str) -> Result<Bytes, BackendError>;
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError>;
+    /// The object's bytes even when the transport's own check of them fails, for repair
+    /// from recovery data (which checks every byte itself). The same as `get` unless the
+    /// transport has such a check (yEnc's CRC32).
+    async fn get_for_repair(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.get(key).await
+    }
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
     /// Objects whose key starts with `prefix` (a folder like `chunks/`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;

@@ -13,6 +13,20 @@ pub mod store;
 use thiserror::Error;
 
 use crate::backend::BackendError;
+use crate::codec::Compression;
+
+/// The codec pipeline new chunks are written with, for logs: `lz4`, `zstd:3 + par2 10%`,
+/// `none + par2 5% + yenc`.
+pub fn pipeline_name(codec: Compression, par2_percent: u8, transport: u8) -> String {
+    let mut s = codec.to_string();
+    if par2_percent > 0 {
+        s.push_str(&format!(" + par2 {par2_percent}%"));
+    }
+    if transport == format::TRANSPORT_YENC {
+        s.push_str(" + yenc");
+    }
+    s
+}
 
 #[derive(Debug, Error)]
 pub enum ChunkError {

@@ -605,3 +605,22 @@ pub fn chunks_match_manifest(vol: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The Python that has sabctools (SABnzbd's yEnc, a PyPI wheel): `$SPILLWAY_PYTHON`, else
+/// `python3` on PATH (the pyenv one here, where `scripts/install-test-deps` installs it).
+pub fn sabctools_python() -> String {
+    std::env::var("SPILLWAY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Whether sabctools imports. Same CI / SKIP behaviour as [`require_tool`].
+pub fn require_sabctools() -> bool {
+    let ok = run_capture(Command::new(sabctools_python()).args(["-c", "import sabctools"])).status.success();
+    ok || missing(&format!("sabctools (PyPI) for {}", sabctools_python()))
+}
+
+/// Run `tests/py/yenc_sabctools.py ARGS` in `dir`; its JSON answer.
+pub fn sabctools(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/yenc_sabctools.py");
+    let out = run_ok(Command::new(sabctools_python()).current_dir(dir).arg(script).args(args));
+    serde_json::from_str(stdout_of(&out).trim()).expect("helper prints JSON")
+}

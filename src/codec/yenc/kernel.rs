@@ -113,6 +113,36 @@ impl Kernel {
         out
     }
 
+    /// Decode a single-part yEnc file as far as its framing allows, without refusing bytes
+    /// that fail the size or CRC32 check: for data that carries checksums of its own (PAR2
+    /// recovery then rebuilds it). Returns the bytes and the check that failed, if any.
+    pub fn decode_unchecked(self, bytes: &[u8]) -> Result<(Decoded, Option<YencError>), YencError> {
+        let (begin, body_start) = frame::parse_begin(bytes)?;
+        let (end, end_at) = match frame::parse_end(bytes, body_start) {
+            Ok(e) => e,
+            Err(YencError::MissingEnd) => (frame::End { size: begin.size, crc32: None }, bytes.len()),
+            Err(e) => return Err(e),
+        };
+        let mut data = Vec::with_capacity(usize::try_from(begin.size).unwrap_or(0).min(bytes.len()));
+        let mut pending = false;
+        self.decode_run(&bytes[body_start..end_at], &mut pending, &mut data);
+        let actual = crc32fast::hash(&data);
+        let problem = if end_at == bytes.len() {
+            Some(YencError::MissingEnd)
+        } else if pending {
+            Some(YencError::DanglingEscape)
+        } else if begin.size != end.size || data.len() as u64 != end.size {
+            Some(YencError::SizeMismatch { begin: begin.size, end: end.size, decoded: data.len() as u64 })
+        } else {
+            match end.crc32 {
+                None => Some(YencError::MissingCrc),
+                Some(expected) if expected != actual => Some(YencError::CrcMismatch { expected, actual }),
+                Some(_) => None,
+            }
+        };
+        Ok((Decoded { name: begin.name, data, crc: actual }, problem))
+    }
+
     /// Decode a single-part yEnc file and check its sizes and CRC32.
     pub fn decode(self, bytes: &[u8]) -> Result<Decoded, YencError> {
         let (begin, body_start) = frame::parse_begin(bytes)?;

@@ -64,6 +64,12 @@ pub fn encode(name: &str, data: &[u8]) -> Vec<u8> {
     Kernel::best().encode(name, data)
 }
 
+/// Decode a single-part yEnc file as far as its framing allows, reporting rather than
+/// refusing a failed size or CRC32 check (see [`Kernel::decode_unchecked`]).
+pub fn decode_unchecked(bytes: &[u8]) -> Result<(Decoded, Option<YencError>), YencError> {
+    Kernel::best().decode_unchecked(bytes)
+}
+
 /// Decode a single-part yEnc file, checking sizes and CRC32, with the best kernel.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, YencError> {
     Kernel::best().decode(bytes)

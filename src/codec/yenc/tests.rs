@@ -98,9 +98,23 @@ fn malformed_input_is_a_typed_error() {
             || matches!(decode(&bad), Err(YencError::SizeMismatch { .. }))
     );
 
+    // Unchecked, a changed body character (not an escape) decodes with the failed check
+    // named, and exactly one byte differs.
+    let plain = |b: u8| !b"=\r\n".contains(&b);
+    let at = (good.len() / 2..).find(|&i| plain(good[i]) && plain(good[i - 1]) && good[i] != b'a').unwrap();
+    let mut bad = good.clone();
+    bad[at] = b'a';
+    let (d, problem) = decode_unchecked(&bad).unwrap();
+    assert!(matches!(problem, Some(YencError::CrcMismatch { expected, .. }) if expected == crc), "{problem:?}");
+    assert_eq!(d.data.len(), data.len());
+    assert_eq!(d.data.iter().zip(&data).filter(|(a, b)| a != b).count(), 1);
+    assert_eq!(decode_unchecked(&good).unwrap(), (decode(&good).unwrap(), None));
+
     // Truncated before =yend.
     let cut = find(&good, "=yend");
     assert_eq!(decode(&good[..cut]), Err(YencError::MissingEnd));
+    let (d, problem) = decode_unchecked(&good[..cut]).unwrap();
+    assert_eq!((d.data.as_slice(), problem), (&data[..], Some(YencError::MissingEnd)));
     // A body line lost: sizes disagree.
     let first_body_line = find(&good, "\r\n") + 2;
     let mut short = good[..first_body_line].to_vec();
