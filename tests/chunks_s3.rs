@@ -2,7 +2,8 @@
 //! loopback (scripts/install-test-deps builds it): data written, restarted and read back;
 //! a data directory lost after a clean shutdown, or after SIGKILL with
 //! `--flush-target backend`, rebuilt with `spillway recover`; and the S3 server stopped in
-//! the middle of a workload, which stalls and then completes with nothing lost.
+//! the middle of a workload, which stalls and then completes with nothing lost; and the
+//! whole chunk pipeline (PAR2 recovery objects, yEnc) repairing a chunk damaged in the bucket.
 
 mod common;
 
@@ -269,4 +270,56 @@ fn s3_outage_stalls_the_workload_then_it_completes() {
     let server = start(&flags);
     assert_same_blocks("after the outage and a restart", &server.copy_out(data.len()), &data);
     server.stop();
+}
+
+/// The whole pipeline on S3: `--par2` puts `X.par2` beside every chunk `X` in the bucket,
+/// `--yenc` makes every object a yEnc file, and a chunk damaged in the bucket is repaired
+/// from its recovery object (through the S3 API) and read back intact.
+#[test]
+fn s3_par2_and_yenc_objects_repair_through_the_bucket() {
+    if !require_s3() {
+        return;
+    }
+    let s3 = S3::start();
+    let data = pseudo_random_bytes(23, 3 * MIB);
+    let tmp = tempfile::Builder::new().prefix("spillway-s3vol-").tempdir().expect("tempdir");
+    let dir = tmp.path().join("vol");
+    let flags = serve_flags(&s3, &dir, &["--par2", "5", "--yenc"]);
+    let mut server = start(&flags);
+    server.copy_in(&data, "in.img", true);
+    // PAR2 of 1 MiB chunks takes seconds each in a debug build.
+    let (status, log) = server.terminate_within(Duration::from_secs(120));
+    assert!(status.success(), "{log}");
+    let chunks_dir = s3.root.path().join(BUCKET).join("vols").join("default").join("chunks");
+    let mut names: Vec<String> = std::fs::read_dir(&chunks_dir)
+        .expect("chunks in the bucket")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    let chunks: Vec<&String> = names.iter().filter(|n| n.len() == 16).collect();
+    assert!(chunks.len() >= 3, "chunks in the bucket: {names:?}");
+    for c in &chunks {
+        assert!(names.contains(&format!("{c}.par2")), "{c} has no recovery object: {names:?}");
+        let stored = std::fs::read(chunks_dir.join(c)).expect("read object");
+        assert!(stored.starts_with(b"=ybegin line=128 size="), "{c} is not a yEnc file");
+    }
+    // Damage plain body characters of one chunk in the bucket's storage.
+    let victim = chunks_dir.join(chunks[1]);
+    let original = std::fs::read(&victim).expect("read chunk");
+    let mut bad = original.clone();
+    let plain = |b: u8| !b"=\r\n.\t ".contains(&b);
+    let mut changed = 0;
+    for i in (original.len() / 2..original.len()).step_by(1009) {
+        if plain(bad[i]) && plain(bad[i - 1]) && bad[i] != b'a' && changed < 10 {
+            bad[i] = b'a';
+            changed += 1;
+        }
+    }
+    std::fs::write(&victim, &bad).expect("damage the chunk");
+    let mut server = start(&flags);
+    assert_same_blocks("after repair", &server.copy_out(data.len()), &data);
+    let (status, log) = server.terminate_within(Duration::from_secs(120));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("damaged chunk repaired from its recovery object and written back"), "log:\n{log}");
+    assert!(std::fs::read(&victim).expect("read chunk") == original, "the repair was not written back to the bucket");
 }
