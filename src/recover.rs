@@ -70,7 +70,7 @@ async fn recover_one(args: &RecoverArgs, name: &str) -> anyhow::Result<()> {
     let index = Index::new(16);
     let rebuilt = rebuild_from_backend(&store, &index).await?;
     let generation = rebuilt.manifest_generation + 1;
-    let m = snapshot(&Base::from_index(&index), &store.set, meta.volume_id, generation, rebuilt.next_seq, (0, 0));
+    let m = snapshot(&Base::from_index(&index)?, &store.set, meta.volume_id, generation, rebuilt.next_seq, (0, 0));
     let fs = StdFs;
     fs.create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let bytes = m.encode();

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, DynBackend};
-use crate::chunk::base::Base;
+use crate::chunk::base::{Base, BaseRef};
 use crate::chunk::rebuild::{adopt_or_clean, apply_manifest};
 use crate::chunk::set::ChunkSet;
 use crate::chunk::spiller::{SpillConfig, SpillStart, Spiller};
@@ -161,7 +161,10 @@ pub struct Volume {
     size: u64,
     durability: Durability,
     shared: Arc<Shared>,
+    /// Blocks whose newest version is in memory or in the WAL (or a trim not yet spilled).
     index: Arc<Index>,
+    /// Every spilled block, compactly; reads fall through to it past the index.
+    base: Arc<Base>,
     arena: Arc<Arena>,
     stripes: Box<[Mutex<()>]>,
     next_seq: Arc<AtomicU64>,
@@ -215,7 +218,7 @@ impl Volume {
             ChunkStore::new(backend, ChunkSet::new(1), cfg.cache_bytes, meta.volume_id).with_transport(meta.transport),
         );
         let manifest_path = dir.join(MANIFEST_FILE);
-        let mut base = Base::new();
+        let base = Arc::new(Base::new());
         let manifest = match fs
             .read_file(&manifest_path)
             .map_err(|e| VolumeError::io(format!("reading {}", manifest_path.display()), e))?
@@ -230,7 +233,7 @@ impl Volume {
                 if m.volume_id != meta.volume_id {
                     return Err(VolumeError::Config(format!("{} belongs to another volume", manifest_path.display())));
                 }
-                apply_manifest(&m, &index, &mut base, &store.set)?;
+                apply_manifest(&m, &base, &store.set)?;
                 Some(m)
             }
             None => None,
@@ -278,14 +281,15 @@ impl Volume {
             SpillStart {
                 pos: from,
                 generation: manifest.as_ref().map_or(0, |m| m.generation),
-                base,
+                base: Arc::clone(&base),
                 adopted: orphans.adopted,
             },
         );
         info!(
             dir = %dir.display(),
             size = meta.size,
-            blocks = index.len(),
+            blocks = base.len(),
+            in_memory_or_wal = index.len(),
             chunks = store.set.len(),
             backend = %store.backend.describe(),
             durability = cfg.durability.name(),
@@ -297,6 +301,7 @@ impl Volume {
             durability: cfg.durability,
             shared,
             index,
+            base,
             arena,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_seq,
@@ -314,9 +319,15 @@ impl Volume {
         &self.chunks
     }
 
-    /// Entries in the block index (for measurements).
+    /// Entries in the live index: blocks in memory or in the WAL, and trims not yet
+    /// spilled (for measurements).
     pub fn index_len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Blocks in the base: spilled into chunks (for measurements).
+    pub fn spilled_blocks(&self) -> u64 {
+        self.base.len()
     }
 
     pub fn dir(&self) -> &Path {
@@ -451,18 +462,45 @@ impl Volume {
     /// Fill `out` from memory if the block is in memory or empty; else say where in the WAL
     /// or in which chunk its bytes are. `at` is the offset inside the block where `out` starts.
     fn locate(&self, block: u64, at: usize, out: &mut [u8]) -> Result<Src, VolumeError> {
-        Ok(self.index.with_entry(block, |e| match e.map(|e| e.state) {
-            None | Some(BlockState::Empty { .. }) => {
+        let hot = self.index.with_entry(block, |e| match e.map(|e| e.state) {
+            None => None,
+            Some(BlockState::Empty { .. }) => {
                 out.fill(0);
-                Src::Copied
+                Some(Src::Copied)
             }
             Some(BlockState::Hot(slot)) => {
                 out.copy_from_slice(&self.arena.read(slot)[at..at + out.len()]);
-                Src::Copied
+                Some(Src::Copied)
             }
-            Some(BlockState::Pending { segment, offset }) => Src::Wal { segment, offset: offset + at as u64 },
-            Some(BlockState::Persisted(loc)) => Src::Chunk(loc),
-        }))
+            Some(BlockState::Pending { segment, offset }) => Some(Src::Wal { segment, offset: offset + at as u64 }),
+            Some(BlockState::Persisted(loc)) => Some(Src::Chunk(loc)),
+        });
+        if let Some(src) = hot {
+            return Ok(src);
+        }
+        // Not in memory or the WAL: spilled, or never written. The spiller changes the base
+        // before it lets go of an index entry, so this is never older than what was there.
+        match (self.index.in_hole(block), self.base.get(block)) {
+            (false, Some(BaseRef::Chunk(loc))) => Ok(Src::Chunk(loc)),
+            _ => {
+                out.fill(0);
+                Ok(Src::Copied)
+            }
+        }
+    }
+
+    /// What block status says of a block: (hole, zero).
+    fn status_of(&self, block: u64) -> (bool, bool) {
+        match self.index.get(block).map(|e| e.state) {
+            Some(BlockState::Empty { allocated }) => (!allocated, true),
+            Some(_) => (false, false),
+            None if self.index.in_hole(block) => (true, true),
+            None => match self.base.get(block) {
+                None => (true, true),
+                Some(BaseRef::Zeroed) => (false, true),
+                Some(BaseRef::Chunk(_)) => (false, false),
+            },
+        }
     }
 
     /// Read from a WAL segment; `false` if the segment was recycled meanwhile (look again).
@@ -804,11 +842,7 @@ impl BlockDevice for Volume {
         while pos < end {
             let block = pos / BS;
             let n = (BS - pos % BS).min(end - pos);
-            let (hole, zero) = match self.index.get(block).map(|e| e.state) {
-                None => (true, true),
-                Some(BlockState::Empty { .. }) => (false, true),
-                Some(_) => (false, false),
-            };
+            let (hole, zero) = self.status_of(block);
             match out.last_mut() {
                 Some(e) if e.hole == hole && e.zero == zero => e.length += n,
                 _ => out.push(Extent { length: n, hole, zero }),

@@ -122,3 +122,59 @@ async fn an_unreadable_unnamed_chunk_is_removed_at_open() {
     check(&v, 1, "after removing a stray").await;
     v.close().await.unwrap();
 }
+
+/// What the two-tier test expects of MiB `m`: trims and zeroes over spilled data, with a
+/// 4 KiB write inside some.
+fn tiers_expect(m: u64) -> Vec<u8> {
+    let mut want =
+        if m == 2 || m == 4 || (8..32).contains(&m) { vec![0; MIB as usize] } else { pattern(m, MIB as usize) };
+    if m == 2 || m == 4 || m == 20 {
+        want[8192..8192 + 4096].copy_from_slice(&pattern(99, 4096));
+    }
+    want
+}
+
+async fn tiers_check(v: &Volume, round: &str) {
+    for m in 0..40 {
+        let mut got = vec![0u8; MIB as usize];
+        v.read(m * MIB, &mut got).await.unwrap();
+        assert!(got == tiers_expect(m), "{round}: MiB {m} reads wrong");
+    }
+    let st = |e: &[nbd::Extent]| (e[0].hole, e[0].zero);
+    let at = |m: u64, k: u64| m * MIB + k * 4096;
+    assert_eq!(st(&v.block_status(at(2, 0), 4096).await.unwrap()), (true, true), "{round}: trimmed (marker)");
+    assert_eq!(st(&v.block_status(at(9, 0), 4096).await.unwrap()), (true, true), "{round}: trimmed (hole)");
+    assert_eq!(st(&v.block_status(at(4, 0), 4096).await.unwrap()), (false, true), "{round}: zeroed, allocated");
+    assert_eq!(st(&v.block_status(at(20, 2), 4096).await.unwrap()), (false, false), "{round}: written in the hole");
+    assert_eq!(st(&v.block_status(at(36, 0), 4096).await.unwrap()), (false, false), "{round}: spilled data");
+}
+
+/// The two tiers of the index: spilled blocks are read through the base, and trims and
+/// writes not yet spilled hide or replace them (small trims leave a marker per block, a
+/// large one a hole), before and after the next spill, and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_blocks_and_later_trims_and_writes_read_right_in_every_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path()).await;
+    for m in 0..40 {
+        v.write(m * MIB, &pattern(m, MIB as usize), false).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    v.spill_now().await.unwrap();
+    assert!(v.spilled_blocks() >= 40 * 256, "only {} blocks spilled", v.spilled_blocks());
+    v.trim(2 * MIB, MIB, false).await.unwrap(); // 256 blocks: markers
+    v.trim(8 * MIB, 24 * MIB, false).await.unwrap(); // 6144 blocks: a hole
+    v.write_zeroes(4 * MIB, MIB, nbd::ZeroFlags { no_hole: true, fua: false, fast: false }).await.unwrap();
+    for m in [2, 4, 20] {
+        v.write(m * MIB + 8192, &pattern(99, 4096), false).await.unwrap();
+    }
+    tiers_check(&v, "before the spill").await;
+    v.flush().await.unwrap();
+    v.spill_now().await.unwrap();
+    assert!(v.index_len() < 16, "the live index still holds {} entries after the spill", v.index_len());
+    tiers_check(&v, "after the spill").await;
+    v.close().await.unwrap();
+    let (v, _) = open(dir.path()).await;
+    tiers_check(&v, "after a restart").await;
+    v.close().await.unwrap();
+}

@@ -8,23 +8,25 @@
 //! Chunk live counts are references from the base: a chunk is needed for as long as the
 //! base points into it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
+use parking_lot::RwLock;
+
+pub use super::cold::ColdRef as BaseRef;
+use super::cold::{place_after, ColdMap};
 use super::set::ChunkSet;
-use crate::store::hash::BuildBlockHasher;
-use crate::store::index::{BlockState, Index, Loc};
+use super::ChunkError;
+use crate::store::index::{BlockState, Entry, Index, Loc};
 
-/// What the base says of one block it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaseRef {
-    Chunk(Loc),
-    /// Reads as zeroes but stays allocated (WRITE_ZEROES with NO_HOLE).
-    Zeroed,
-}
-
+/// Shared by the spiller, which alone changes it, and the volume's reads, which fall
+/// through to it for every block the live index does not hold.
 #[derive(Default)]
 pub struct Base {
-    map: HashMap<u64, BaseRef, BuildBlockHasher>,
+    map: RwLock<ColdMap>,
+}
+
+fn too_far(l: Loc) -> ChunkError {
+    ChunkError::Other(format!("chunk place {l:?} is beyond what the index can hold (chunk size limit)"))
 }
 
 impl Base {
@@ -33,96 +35,117 @@ impl Base {
     }
 
     /// The persisted part of a live index, for a volume with no WAL (`recover`).
-    pub fn from_index(index: &Index) -> Self {
-        let mut b = Self::new();
-        for (block, e) in
-            index.collect(|_, e| matches!(e.state, BlockState::Persisted(_) | BlockState::Empty { allocated: true }))
-        {
+    pub fn from_index(index: &Index) -> Result<Self, ChunkError> {
+        let b = Self::new();
+        let mut entries =
+            index.collect(|_, e| matches!(e.state, BlockState::Persisted(_) | BlockState::Empty { allocated: true }));
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut map = b.map.write();
+        for (block, e) in entries {
             let r = match e.state {
                 BlockState::Persisted(l) => BaseRef::Chunk(l),
                 _ => BaseRef::Zeroed,
             };
-            b.map.insert(block, r);
+            map.insert(block, r).map_err(too_far)?;
         }
-        b
+        drop(map);
+        Ok(b)
+    }
+
+    /// Every block into `index` with sequence number 0 (older than anything in a log or a
+    /// later chunk): `recover` starts from a manifest this way.
+    pub fn fill_index(&self, index: &Index) {
+        for (first, count, r) in self.map.read().runs() {
+            for k in 0..u64::from(count) {
+                let state = match r {
+                    BaseRef::Zeroed => BlockState::Empty { allocated: true },
+                    BaseRef::Chunk(l) => BlockState::Persisted(place_after(l, k as u32)),
+                };
+                index.set(first + k, Some(Entry { seq: 0, state }));
+            }
+        }
     }
 
     pub fn get(&self, block: u64) -> Option<BaseRef> {
-        self.map.get(&block).copied()
+        self.map.read().get(block)
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Blocks held.
+    pub fn len(&self) -> u64 {
+        self.map.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+
+    /// Extents held and the bytes they take (for measurements).
+    pub fn footprint(&self) -> (usize, usize) {
+        let m = self.map.read();
+        (m.extents(), m.heap_bytes())
     }
 
     /// Put `r` for `block`, keeping the chunks' live counts.
-    pub fn set(&mut self, block: u64, r: BaseRef, set: &ChunkSet) {
+    pub fn set(&self, block: u64, r: BaseRef, set: &ChunkSet) -> Result<(), ChunkError> {
+        let old = self.map.write().insert(block, r).map_err(too_far)?;
         if let BaseRef::Chunk(l) = r {
             set.add_live(l.chunk, 1);
         }
-        if let Some(BaseRef::Chunk(old)) = self.map.insert(block, r) {
+        if let Some(BaseRef::Chunk(old)) = old {
             set.drop_live(old.chunk);
         }
+        Ok(())
+    }
+
+    /// `count` blocks from `first` at consecutive places of one chunk from `start` (a
+    /// manifest's run), keeping the chunks' live counts.
+    pub fn set_run(&self, first: u64, count: u32, start: Loc, set: &ChunkSet) -> Result<(), ChunkError> {
+        self.map.write().insert_run(first, count, start, |l, n| set.drop_live_n(l.chunk, n)).map_err(too_far)?;
+        set.add_live(start.chunk, count);
+        Ok(())
     }
 
     /// A tombstone: `count` blocks from `first` become holes, or zeroed-but-allocated.
-    pub fn zero(&mut self, first: u64, count: u64, keep_allocated: bool, set: &ChunkSet) {
+    pub fn zero(&self, first: u64, count: u64, keep_allocated: bool, set: &ChunkSet) {
         let end = first.saturating_add(count);
-        if !keep_allocated && count as usize > self.map.len() {
-            // A range larger than the base: sweep it instead of visiting every block.
-            self.map.retain(|&b, r| {
-                let inside = b >= first && b < end;
-                if let (true, BaseRef::Chunk(l)) = (inside, *r) {
-                    set.drop_live(l.chunk);
-                }
-                !inside
-            });
-            return;
-        }
-        for b in first..end {
-            let old = if keep_allocated { self.map.insert(b, BaseRef::Zeroed) } else { self.map.remove(&b) };
-            if let Some(BaseRef::Chunk(l)) = old {
-                set.drop_live(l.chunk);
-            }
+        let mut map = self.map.write();
+        let dropped = |l: Loc, n: u32| set.drop_live_n(l.chunk, n);
+        if keep_allocated {
+            map.fill_zeroed(first, end, dropped);
+        } else {
+            map.remove_range(first, end, dropped);
         }
     }
 
     /// Compaction copied a block: point it at `to` if it still is at `from`.
-    pub fn relocate(&mut self, block: u64, from: Loc, to: Loc, set: &ChunkSet) -> bool {
-        match self.map.get_mut(&block) {
-            Some(r) if *r == BaseRef::Chunk(from) => {
-                *r = BaseRef::Chunk(to);
-                set.add_live(to.chunk, 1);
-                set.drop_live(from.chunk);
-                true
-            }
-            _ => false,
+    pub fn relocate(&self, block: u64, from: Loc, to: Loc, set: &ChunkSet) -> Result<bool, ChunkError> {
+        let mut map = self.map.write();
+        if map.get(block) != Some(BaseRef::Chunk(from)) {
+            return Ok(false);
         }
+        map.insert(block, BaseRef::Chunk(to)).map_err(too_far)?;
+        set.add_live(to.chunk, 1);
+        set.drop_live(from.chunk);
+        Ok(true)
     }
 
     /// Blocks whose base version lies in one of `chunks`, sorted by block.
     pub fn refs_into(&self, chunks: &HashSet<u64>) -> Vec<(u64, Loc)> {
-        let mut v: Vec<(u64, Loc)> = self
-            .map
-            .iter()
-            .filter_map(|(&b, r)| match r {
-                BaseRef::Chunk(l) if chunks.contains(&l.chunk) => Some((b, *l)),
-                _ => None,
-            })
-            .collect();
-        v.sort_unstable_by_key(|e| e.0);
+        let mut v = Vec::new();
+        for (first, count, r) in self.map.read().runs() {
+            if let BaseRef::Chunk(l) = r {
+                if chunks.contains(&l.chunk) {
+                    v.extend((0..count).map(|k| (first + u64::from(k), place_after(l, k))));
+                }
+            }
+        }
         v
     }
 
-    /// Every entry, sorted by block (for checkpoints).
-    pub fn sorted(&self) -> Vec<(u64, BaseRef)> {
-        let mut v: Vec<(u64, BaseRef)> = self.map.iter().map(|(&b, &r)| (b, r)).collect();
-        v.sort_unstable_by_key(|e| e.0);
-        v
+    /// Every extent in block order: first block, blocks, and the first block's place
+    /// (consecutive places of one chunk follow it), for checkpoints.
+    pub fn runs(&self) -> Vec<(u64, u32, BaseRef)> {
+        self.map.read().runs().collect()
     }
 }
 
@@ -149,21 +172,21 @@ mod tests {
         let set = ChunkSet::new(1);
         chunk(&set, 1);
         chunk(&set, 2);
-        let mut b = Base::new();
+        let b = Base::new();
         let at = |chunk, idx| Loc { chunk, frame: 0, idx };
         for i in 0..4 {
-            b.set(i, BaseRef::Chunk(at(1, i as u32)), &set);
+            b.set(i, BaseRef::Chunk(at(1, i as u32)), &set).unwrap();
         }
         assert_eq!(set.get(1).unwrap().live(), 4);
-        b.set(0, BaseRef::Chunk(at(2, 0)), &set);
+        b.set(0, BaseRef::Chunk(at(2, 0)), &set).unwrap();
         assert_eq!((set.get(1).unwrap().live(), set.get(2).unwrap().live()), (3, 1));
         b.zero(1, 1, false, &set);
         assert_eq!(b.get(1), None);
         b.zero(2, 1, true, &set);
         assert_eq!(b.get(2), Some(BaseRef::Zeroed));
         assert_eq!(set.get(1).unwrap().live(), 1, "only block 3 is left in chunk 1");
-        assert!(b.relocate(3, at(1, 3), at(2, 5), &set));
-        assert!(!b.relocate(3, at(1, 3), at(2, 5), &set), "already moved");
+        assert!(b.relocate(3, at(1, 3), at(2, 5), &set).unwrap());
+        assert!(!b.relocate(3, at(1, 3), at(2, 5), &set).unwrap(), "already moved");
         assert_eq!((set.get(1).unwrap().live(), set.get(2).unwrap().live()), (0, 2));
         let ids: HashSet<u64> = [2].into();
         assert_eq!(b.refs_into(&ids), vec![(0, at(2, 0)), (3, at(2, 5))]);

@@ -2,6 +2,7 @@
 //! and the spiller that moves the WAL into chunks and compacts them.
 
 pub mod base;
+pub mod cold;
 pub mod format;
 pub mod manifest;
 pub mod rebuild;

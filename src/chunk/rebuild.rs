@@ -5,10 +5,11 @@ use std::collections::HashSet;
 
 use tracing::{info, warn};
 
-use super::base::{Base, BaseRef};
+use super::base::Base;
+use super::cold::place_after;
 use super::format::ChunkTables;
 use super::format::KIND_SPILL;
-use super::manifest::{key_generation, manifest_key, next_place, Manifest};
+use super::manifest::{key_generation, manifest_key, Manifest};
 use super::recovery::key_recovery;
 use super::set::{key_chunk, ChunkMeta, ChunkSet};
 use super::store::{meta_from_tables, ChunkStore};
@@ -17,10 +18,9 @@ use crate::codec::Compression;
 use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::wal::record::BLOCK_SIZE;
 
-/// Put a manifest's chunks into `set` and its blocks into `base` and `index` (sequence
-/// number 0: older than anything in the log or in later chunks). Live counts follow the
+/// Put a manifest's chunks into `set` and its blocks into `base`. Live counts follow the
 /// base.
-pub fn apply_manifest(m: &Manifest, index: &Index, base: &mut Base, set: &ChunkSet) -> Result<(), ChunkError> {
+pub fn apply_manifest(m: &Manifest, base: &Base, set: &ChunkSet) -> Result<(), ChunkError> {
     for c in &m.chunks {
         set.insert(ChunkMeta {
             id: c.id,
@@ -34,27 +34,22 @@ pub fn apply_manifest(m: &Manifest, index: &Index, base: &mut Base, set: &ChunkS
     }
     for r in &m.runs {
         match r.loc {
-            None => {
-                for b in r.first..r.first + u64::from(r.count) {
-                    index.set(b, Some(Entry { seq: 0, state: BlockState::Empty { allocated: true } }));
-                    base.set(b, BaseRef::Zeroed, set);
-                }
-            }
+            None => base.zero(r.first, u64::from(r.count), true, set),
             Some(start) => {
                 let meta = set.get(start.chunk).ok_or(ChunkError::Unknown(start.chunk))?;
-                let frame_blocks = |f: u32| meta.frames.get(f as usize).map_or(0, |fr| fr.raw_len / BLOCK_SIZE as u32);
-                let mut loc = start;
-                for b in r.first..r.first + u64::from(r.count) {
-                    if loc.frame as usize >= meta.frames.len() || loc.idx >= frame_blocks(loc.frame) {
-                        return Err(ChunkError::Other(format!(
-                            "manifest places block {b} outside chunk {:016x}",
-                            start.chunk
-                        )));
-                    }
-                    index.set(b, Some(Entry { seq: 0, state: BlockState::Persisted(loc) }));
-                    base.set(b, BaseRef::Chunk(loc), set);
-                    loc = next_place(loc, frame_blocks);
+                let inside =
+                    |l: Loc| meta.frames.get(l.frame as usize).is_some_and(|fr| l.idx < fr.raw_len / BLOCK_SIZE as u32);
+                // Only a chunk's last frame is short, so a run inside it at both ends is
+                // inside it all along.
+                if r.count == 0 || !inside(start) || !inside(place_after(start, r.count - 1)) {
+                    return Err(ChunkError::Other(format!(
+                        "manifest places blocks {}..{} outside chunk {:016x}",
+                        r.first,
+                        r.first + u64::from(r.count),
+                        start.chunk
+                    )));
                 }
+                base.set_run(r.first, r.count, start, set)?;
             }
         }
     }
@@ -186,7 +181,10 @@ pub async fn rebuild_from_backend(store: &ChunkStore, index: &Index) -> Result<R
     let mut replay_from = (0, 0);
     let mut generation = 0;
     if let Some(m) = &newest {
-        apply_manifest(m, index, &mut Base::new(), &store.set)?;
+        // The manifest's blocks with sequence number 0: older than any later chunk.
+        let base = Base::new();
+        apply_manifest(m, &base, &store.set)?;
+        base.fill_index(index);
         next_seq = m.next_seq;
         replay_from = m.replay_from;
         generation = m.generation;
@@ -225,6 +223,7 @@ mod tests {
 
     use super::*;
     use crate::backend::local::LocalBackend;
+    use crate::chunk::base::BaseRef;
     use crate::chunk::format::{build, BlockIn, ChunkHeader, Tombstone, KIND_COMPACTION};
     use crate::chunk::manifest::{manifest_key, Run};
     use crate::chunk::set::chunk_key;
@@ -287,9 +286,9 @@ mod tests {
         named
             .set
             .insert(meta_from_tables(&named.fetch_tables(1, 4096 * 4 + 64 + 24 + 4 * 32 + 48).await.unwrap()).unwrap());
-        let mut base = Base::new();
+        let base = Base::new();
         for b in 0..4 {
-            base.set(b, BaseRef::Chunk(Loc { chunk: 1, frame: 0, idx: b as u32 }), &named.set);
+            base.set(b, BaseRef::Chunk(Loc { chunk: 1, frame: 0, idx: b as u32 }), &named.set).unwrap();
         }
         let m = snapshot(&base, &named.set, VOL, 7, 5, (1, 100));
         assert_eq!(m.runs, vec![Run { first: 0, count: 4, loc: Some(Loc { chunk: 1, frame: 0, idx: 0 }) }]);

@@ -91,8 +91,13 @@ impl ChunkSet {
 
     /// An entry that pointed into chunk `id` was replaced.
     pub fn drop_live(&self, id: u64) {
+        self.drop_live_n(id, 1);
+    }
+
+    /// `n` entries that pointed into chunk `id` were replaced.
+    pub fn drop_live_n(&self, id: u64, n: u32) {
         if let Some(c) = self.chunks.read().get(&id) {
-            let _ = c.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+            let _ = c.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
         }
     }
 

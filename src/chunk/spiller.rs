@@ -20,8 +20,9 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use super::base::{Base, BaseRef};
+use super::cold::place_after;
 use super::format::{self, BlockIn, ChunkHeader, ChunkTables, Tombstone, KIND_COMPACTION, KIND_SPILL};
-use super::manifest::{manifest_key, next_place, ChunkRecord, Manifest, Run};
+use super::manifest::{manifest_key, ChunkRecord, Manifest, Run};
 use super::recovery::{self, recovery_key};
 use super::set::{chunk_key, key_chunk, ChunkMeta};
 use super::store::{meta_from_tables, ChunkStore};
@@ -92,8 +93,8 @@ struct State {
     /// Chunks with a block that cannot be read (damage): never compacted, so the blocks
     /// that can be read stay where they are and the lost one keeps failing loudly.
     stuck: HashSet<u64>,
-    /// The volume as of `pos`: what a checkpoint records.
-    base: Base,
+    /// The volume as of `pos`: what a checkpoint records. Reads fall through to it.
+    base: Arc<Base>,
     /// Spill chunks of an earlier run that hold data past the loaded manifest, with the
     /// WAL position each spilled up to. `recover` needs them until a durable manifest
     /// covers that position; then they are deleted.
@@ -132,8 +133,8 @@ pub struct Spiller {
 pub struct SpillStart {
     pub pos: (u64, u64),
     pub generation: u64,
-    /// The state the loaded manifest recorded.
-    pub base: Base,
+    /// The state the loaded manifest recorded, shared with the volume's reads.
+    pub base: Arc<Base>,
     /// Spill chunks past the manifest (see `State::adopted`).
     pub adopted: Vec<(u64, (u64, u64))>,
 }
@@ -423,12 +424,22 @@ impl Spiller {
         for t in &tombs {
             st.base.zero(t.first, u64::from(t.count), t.keep_allocated, &self.store.set);
         }
-        for (id, tables, g) in done {
+        for (id, tables, g) in &done {
+            for (e, &(block, _, _, _)) in tables.blocks.iter().zip(g.iter()) {
+                let loc = Loc { chunk: *id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
+                st.base.set(block, BaseRef::Chunk(loc), &self.store.set)?;
+            }
+        }
+        // Then the live index lets go of what the base now holds: the range's trims first
+        // (a large one hides the base, and writes after it in the range must show), then
+        // the WAL copies. A read looks at the index before the base, so it finds either.
+        for t in &tombs {
+            self.wal.index.clear_zero(t.first, u64::from(t.count), t.seq, t.keep_allocated);
+        }
+        for (id, _, g) in done {
             let mut live = 0;
-            for (e, &(block, seq, off, _)) in tables.blocks.iter().zip(g.iter()) {
-                let loc = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-                st.base.set(block, BaseRef::Chunk(loc), &self.store.set);
-                if self.wal.index.persist(block, seq, seg_id, off, loc) {
+            for &(block, seq, off, _) in &g {
+                if self.wal.index.persist(block, seq, seg_id, off) {
                     live += 1;
                 }
             }
@@ -436,6 +447,7 @@ impl Spiller {
             metrics::counter!(crate::metrics::SPILL_BLOCKS).increment(g.len() as u64);
             debug!(chunk = format!("{id:016x}"), blocks = g.len(), current = live, "chunk spilled");
         }
+        self.wal.index.shrink();
         debug!(segment = seg_id, from, to, blocks = n_blocks, "WAL range spilled");
         Ok(())
     }
@@ -583,23 +595,13 @@ impl Spiller {
             self.store.set.insert(meta_from_tables(&tables)?);
             for (e, (block, from)) in tables.blocks.iter().zip(entries.iter()) {
                 let to = Loc { chunk: id, frame: e.frame, idx: e.offset / BLOCK_SIZE as u32 };
-                st.base.relocate(*block, *from, to, &self.store.set);
-                self.wal.index.relocate(*block, *from, to);
+                st.base.relocate(*block, *from, to, &self.store.set)?;
             }
             new_id = Some(id);
         }
-        // The live index only points into chunks through versions the base holds; if it
-        // still points into a victim, keep that chunk rather than break a read.
-        let still_read: HashSet<u64> = self
-            .wal
-            .index
-            .collect(|_, e| matches!(e.state, BlockState::Persisted(l) if ids.contains(&l.chunk)))
-            .into_iter()
-            .filter_map(|(_, e)| match e.state {
-                BlockState::Persisted(l) => Some(l.chunk),
-                _ => None,
-            })
-            .collect();
+        // Reads reach chunks through the base only; if it still points into a victim (it
+        // should not), keep that chunk rather than break a read.
+        let still_read: HashSet<u64> = st.base.refs_into(&ids).into_iter().map(|(_, l)| l.chunk).collect();
         for c in &victims {
             if still_read.contains(&c.id) {
                 error!(chunk = format!("{:016x}", c.id), "compaction left reads pointing into a chunk; it is kept");
@@ -683,31 +685,25 @@ pub fn snapshot(
     replay_from: (u64, u64),
 ) -> Manifest {
     let chunks: Vec<Arc<ChunkMeta>> = set.all();
-    let frame_blocks = |chunk: u64, frame: u32| {
-        set.get(chunk).and_then(|c| c.frames.get(frame as usize).map(|f| f.raw_len / BLOCK_SIZE as u32)).unwrap_or(0)
-    };
     let mut runs: Vec<Run> = Vec::new();
-    // The place of the last block of the last run.
-    let mut last: Option<Loc> = None;
-    for (b, r) in base.sorted() {
+    for (first, count, r) in base.runs() {
         let loc = match r {
             BaseRef::Chunk(l) => Some(l),
             BaseRef::Zeroed => None,
         };
-        if let Some(r) = runs.last_mut() {
-            let follows = match (last, loc) {
-                (None, None) => r.loc.is_none(),
-                (Some(p), Some(l)) => next_place(p, |f| frame_blocks(p.chunk, f)) == l,
+        // The base splits runs at its region edges; a manifest run carries on across them.
+        if let Some(prev) = runs.last_mut() {
+            let follows = match (prev.loc, loc) {
+                (None, None) => true,
+                (Some(p), Some(l)) => p.chunk == l.chunk && place_after(p, prev.count) == l,
                 _ => false,
             };
-            if r.first + u64::from(r.count) == b && follows && r.count < u32::MAX {
-                r.count += 1;
-                last = loc;
+            if prev.first + u64::from(prev.count) == first && follows && prev.count.checked_add(count).is_some() {
+                prev.count += count;
                 continue;
             }
         }
-        runs.push(Run { first: b, count: 1, loc });
-        last = loc;
+        runs.push(Run { first, count, loc });
     }
     Manifest {
         volume_id,

@@ -1,6 +1,11 @@
-//! The block index: one entry per block that is not plain empty, in shards with their own
-//! locks. Lookups and updates are O(1) and happen in place on every write; nothing is
-//! rebuilt on a read.
+//! The live block index: one entry per block whose newest version is not yet in the
+//! chunks, in shards with their own locks. Lookups and updates are O(1) and happen in place
+//! on every write; nothing is rebuilt on a read. Once the spiller has put a block's version
+//! into the base (`chunk::base`, the compact map of everything spilled), its entry goes,
+//! and reads fall through to the base: the index holds what is in memory or in the WAL,
+//! not the whole volume. A trim not yet spilled leaves a marker (`Empty`) per block, or for
+//! a large range one entry in a list of holes, so that the base's older version stays
+//! hidden.
 //!
 use std::collections::HashMap;
 
@@ -19,7 +24,8 @@ pub enum BlockState {
     Hot(SlotId),
     /// In the WAL: segment id and the offset of the block's bytes in that segment.
     Pending { segment: u64, offset: u64 },
-    /// In a chunk object: chunk id, frame, and the block's place in the frame.
+    /// In a chunk object: chunk id, frame, and the block's place in the frame. Only in an
+    /// index being rebuilt from chunks (`recover`); a live index leaves these to the base.
     Persisted(Loc),
 }
 
@@ -39,13 +45,28 @@ pub struct Entry {
 
 type Shard = RwLock<HashMap<u64, Entry, BuildBlockHasher>>;
 
+/// A trim of more blocks than this leaves one entry in the list of holes rather than a
+/// marker per block.
+const MARKERS_MAX: u64 = 4096;
+
 pub struct Index {
     shards: Box<[Shard]>,
+    /// Large trims not yet spilled: `(first, end, seq)`. A block without an entry inside
+    /// one reads as a hole, whatever the base holds.
+    holes: RwLock<Vec<(u64, u64, u64)>>,
 }
 
 impl Index {
     pub fn new(shards: usize) -> Self {
-        Self { shards: (0..shards.max(1)).map(|_| RwLock::new(HashMap::default())).collect() }
+        Self {
+            shards: (0..shards.max(1)).map(|_| RwLock::new(HashMap::default())).collect(),
+            holes: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Whether a trim not yet spilled covers `block` (for blocks without an entry).
+    pub fn in_hole(&self, block: u64) -> bool {
+        self.holes.read().iter().any(|&(first, end, _)| (first..end).contains(&block))
     }
 
     fn shard(&self, block: u64) -> &Shard {
@@ -74,29 +95,49 @@ impl Index {
         }
     }
 
-    /// The spiller put a block into a chunk: if the entry still is that WAL copy, it now
-    /// points into the chunk.
-    pub fn persist(&self, block: u64, seq: u64, segment: u64, offset: u64, loc: Loc) -> bool {
+    /// The spiller put a block's version into the base: if the entry still is that WAL
+    /// copy, it goes, and reads find the version in the base. Call it only after the base
+    /// holds the version (and after [`Self::clear_zero`] for the range's trims).
+    pub fn persist(&self, block: u64, seq: u64, segment: u64, offset: u64) -> bool {
         let mut shard = self.shard(block).write();
-        match shard.get_mut(&block) {
+        match shard.get(&block) {
             Some(e) if e.seq == seq && e.state == (BlockState::Pending { segment, offset }) => {
-                e.state = BlockState::Persisted(loc);
+                shard.remove(&block);
                 true
             }
             _ => false,
         }
     }
 
-    /// Compaction copied a block to a new place: move the entry if it is still at `from`.
-    pub fn relocate(&self, block: u64, from: Loc, to: Loc) -> bool {
-        let mut shard = self.shard(block).write();
-        match shard.get_mut(&block) {
-            Some(e) if e.state == BlockState::Persisted(from) => {
-                e.state = BlockState::Persisted(to);
-                true
-            }
-            _ => false,
+    /// The spiller applied the trim `seq` of `count` blocks from `first` to the base: its
+    /// markers (or its hole) go. Markers of newer writes or trims stay.
+    pub fn clear_zero(&self, first: u64, count: u64, seq: u64, keep_allocated: bool) {
+        if Self::as_hole(count, keep_allocated) {
+            self.holes.write().retain(|h| h.2 != seq);
+            return;
         }
+        for b in first..first.saturating_add(count) {
+            let mut shard = self.shard(b).write();
+            if shard.get(&b).is_some_and(|e| e.seq == seq && matches!(e.state, BlockState::Empty { .. })) {
+                shard.remove(&b);
+            }
+        }
+    }
+
+    /// Give back the memory of shards that emptied (a hash map keeps the capacity of its
+    /// peak): after a spill, the index holds only what is still in memory or the WAL.
+    pub fn shrink(&self) {
+        for shard in self.shards.iter() {
+            let mut s = shard.write();
+            if s.capacity() > 4 * s.len() + 1024 {
+                let keep = 2 * s.len();
+                s.shrink_to(keep);
+            }
+        }
+    }
+
+    fn as_hole(count: u64, keep_allocated: bool) -> bool {
+        !keep_allocated && count > MARKERS_MAX
     }
 
     /// Every entry, shard by shard, filtered by `keep` (for checkpoints and compaction).
@@ -164,14 +205,17 @@ impl Index {
         out
     }
 
-    /// Make `count` blocks from `first` read as zeroes (plain empty, or `Empty { allocated }`
-    /// with `keep_allocated`). Returns the entries replaced.
+    /// Make `count` blocks from `first` read as zeroes: a marker `Empty { allocated }` per
+    /// block, or for a large plain trim one hole (the entries inside it go). The base may
+    /// hold older versions of these blocks until the spiller applies the trim, so a marker
+    /// is needed even where the index had nothing. Returns the entries replaced.
     pub fn zero_range(&self, first: u64, count: u64, keep_allocated: bool, seq: u64) -> Vec<Entry> {
-        if !keep_allocated && count as usize > self.len() {
-            // A range larger than the index: sweep the shards instead of every block.
-            return self.remove_range(first, count).into_iter().map(|(_, e)| e).collect();
+        if Self::as_hole(count, keep_allocated) {
+            let out = self.remove_range(first, count).into_iter().map(|(_, e)| e).collect();
+            self.holes.write().push((first, first.saturating_add(count), seq));
+            return out;
         }
-        let new = keep_allocated.then_some(Entry { seq, state: BlockState::Empty { allocated: true } });
+        let new = Some(Entry { seq, state: BlockState::Empty { allocated: keep_allocated } });
         (first..first + count).filter_map(|b| self.set(b, new)).collect()
     }
 
@@ -197,14 +241,12 @@ mod tests {
         assert_eq!(ix.settle(5, 2, 9, 4096), None, "stale sequence number");
         assert_eq!(ix.settle(5, 1, 9, 4096), Some(slot));
         assert_eq!(ix.get(5).unwrap().state, BlockState::Pending { segment: 9, offset: 4096 });
+        assert!(!ix.persist(5, 2, 9, 4096), "stale sequence number");
+        assert!(!ix.persist(5, 1, 9, 8192), "another WAL copy");
+        assert!(ix.persist(5, 1, 9, 4096));
+        assert_eq!(ix.get(5), None, "persisted: reads go to the base");
         let loc = Loc { chunk: 1, frame: 0, idx: 3 };
-        assert!(!ix.persist(5, 2, 9, 4096, loc), "stale sequence number");
-        assert!(!ix.persist(5, 1, 9, 8192, loc), "another WAL copy");
-        assert!(ix.persist(5, 1, 9, 4096, loc));
-        let to = Loc { chunk: 2, frame: 1, idx: 0 };
-        assert!(ix.relocate(5, loc, to));
-        assert!(!ix.relocate(5, loc, to), "already moved");
-        assert_eq!(ix.get(5).unwrap().state, BlockState::Persisted(to));
+        ix.set(5, Some(Entry { seq: 1, state: BlockState::Persisted(loc) }));
         assert_eq!(ix.tombstone(0, 10, 1, false).len(), 0, "older tombstones lose");
         assert_eq!(ix.tombstone(0, 10, 2, false).len(), 1);
         for b in 0..100 {
@@ -212,5 +254,32 @@ mod tests {
         }
         assert_eq!(ix.remove_range(10, 20).len(), 20);
         assert_eq!(ix.len(), 80);
+    }
+
+    #[test]
+    fn trims_leave_markers_or_holes_until_the_spill_clears_them() {
+        let ix = Index::new(4);
+        let pending = |seq| Some(Entry { seq, state: BlockState::Pending { segment: 1, offset: 4096 * seq } });
+        ix.set(3, pending(1));
+        // A small trim: a marker on every block, the older entry replaced.
+        assert_eq!(ix.zero_range(0, 10, false, 2).len(), 1);
+        assert_eq!(ix.get(7).map(|e| e.state), Some(BlockState::Empty { allocated: false }));
+        ix.set(4, pending(3)); // written after the trim
+        ix.clear_zero(0, 10, 2, false);
+        assert_eq!(ix.len(), 1, "only the newer write is left");
+        // A large trim: one hole, entries inside it go, later writes show through it.
+        ix.set(100_000, pending(4));
+        assert_eq!(ix.zero_range(50_000, 1 << 30, false, 5).len(), 1);
+        assert!(ix.in_hole(60_000) && !ix.in_hole(10));
+        ix.set(100_001, pending(6));
+        assert!(ix.get(100_001).is_some());
+        ix.clear_zero(50_000, 1 << 30, 5, false);
+        assert!(!ix.in_hole(60_000));
+        // NO_HOLE zeroes always leave markers.
+        ix.zero_range(0, 5000, true, 7);
+        assert_eq!(ix.get(4999).map(|e| e.state), Some(BlockState::Empty { allocated: true }));
+        ix.clear_zero(0, 5000, 7, true);
+        // Block 4's write was older than this zero; only the write after the hole is left.
+        assert_eq!(ix.collect(|_, _| true).into_iter().map(|e| e.0).collect::<Vec<_>>(), vec![100_001]);
     }
 }
