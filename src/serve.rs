@@ -201,6 +201,9 @@ async fn serve(run: Run) -> anyhow::Result<()> {
     if let Some(l) = unix {
         accepts.push(tokio::spawn(accept_unix(l, Arc::clone(&server), tracker.clone())));
     }
+    // Before `ready`: a SIGTERM sent as soon as `ready` is seen must shut down cleanly,
+    // not kill the process with the default action.
+    let signals = Signals::install()?;
     info!("ready");
     notifier.send(&format!("READY=1\nSTATUS=serving {} export(s) on {tcp_addr}", server.exports().len()));
     if let Some(every) = notifier.watchdog_interval() {
@@ -213,7 +216,7 @@ async fn serve(run: Run) -> anyhow::Result<()> {
         });
     }
 
-    wait_for_signal().await?;
+    signals.wait().await;
     info!("shutting down");
     notifier.send("STOPPING=1\nSTATUS=shutting down: finishing requests, draining to the backend");
     for a in &accepts {
@@ -256,14 +259,26 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("listening on unix socket {}", path.display()))
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn accept_tcp<D: BlockDevice>(l: TcpListener, server: Arc<Server<D>>, tracker: TaskTracker) {
