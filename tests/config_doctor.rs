@@ -115,7 +115,7 @@ fn doctor_on_a_fake_jetson_picks_jetson_sd() {
     assert!(text.contains("storage:               an SD card (mmcblk0)"), "{text}");
     assert!(text.contains("profile: jetson-sd (auto: \"NVIDIA Jetson Nano Developer Kit\""), "{text}");
     assert!(text.contains("memlock = true"), "{text}");
-    assert!(text.contains("sync_interval = \"200ms\""), "{text}");
+    assert!(text.contains("sync_interval = \"220ms\""), "{text}");
     assert!(text.contains("max_dirty = \"32M\""), "{text}");
     // A flag still beats the profile.
     let out = run_ok(
