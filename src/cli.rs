@@ -101,8 +101,9 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Also time fdatasync and 4 KiB writes in the data directory (a few seconds; writes
-    /// and removes a small temporary file), and derive the batched mode's sync interval.
+    /// Also time fdatasync and 4 KiB writes in the data directory (a few seconds; creates
+    /// the directory if needed, writes and removes a small temporary file), and derive the
+    /// batched mode's sync interval.
     #[arg(long)]
     pub measure: bool,
 
