@@ -39,6 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!("config file {}", path.display());
     }
     info!(profile = r.profile.name(), "profile {} ({})", r.profile.name(), r.profile_reason);
+    debug!(settings = ?r.settings, "effective settings");
     if !r.settings.memory {
         match judge_data_dir(&r.detected.fs) {
             DirVerdict::Ok => {}
