@@ -12,7 +12,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::chunk::spiller::SpillConfig;
 use crate::cli::ServeArgs;
 use crate::config::profile::{judge_data_dir, DirVerdict};
 use crate::config::settings::Settings;
@@ -21,7 +20,7 @@ use crate::io::faulty::FaultyFs;
 use crate::io::std_fs::StdFs;
 use crate::io::FileSystem;
 use crate::memory_volume::MemoryVolume;
-use crate::volume::{Volume, VolumeConfig, DEFAULT_SIZE};
+use crate::volume::{Volume, DEFAULT_SIZE};
 use crate::wal::Durability;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -49,6 +48,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             DirVerdict::Refuse(why) => bail!("refusing data directory {}: {why}", r.settings.data_dir.display()),
         }
+    }
+    if !r.settings.memory {
+        r.settings.volume_config().validate().context("checking the settings")?;
     }
     // Before the runtime starts its threads: they inherit PR_SET_IO_FLUSHER.
     if r.settings.memlock {
@@ -104,29 +106,7 @@ async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
             let backend =
                 crate::backend::for_volume(args.backend.as_deref(), args.s3_endpoint.as_deref(), &dir, &dir_name)
                     .with_context(|| format!("opening the backend of volume {name:?}"))?;
-            let cfg = VolumeConfig {
-                size: args.size,
-                durability: args.durability,
-                sync_interval: args.sync_interval,
-                sync_bytes: args.sync_bytes,
-                segment_bytes: args.wal_segment_size,
-                wal_align: args.wal_align,
-                max_dirty_bytes: usize::try_from(args.max_dirty).unwrap_or(usize::MAX),
-                recovery: args.recovery_mode,
-                max_wal_segments: usize::try_from(args.max_wal / args.wal_segment_size.max(1)).unwrap_or(usize::MAX),
-                cache_bytes: usize::try_from(args.cache_bytes).unwrap_or(usize::MAX),
-                readahead_frames: args.readahead,
-                flush_target: args.flush_target,
-                spill: SpillConfig {
-                    codec: args.codec,
-                    chunk_bytes: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
-                    spill_age: args.spill_age,
-                    compact_below: args.compact_below,
-                    upload_parallel: args.upload_parallel,
-                    ..SpillConfig::default()
-                },
-                ..VolumeConfig::default()
-            };
+            let cfg = args.volume_config();
             let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)
                 .await
                 .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;

@@ -116,7 +116,7 @@ fn doctor_on_a_fake_jetson_picks_jetson_sd() {
     assert!(text.contains("profile: jetson-sd (auto: \"NVIDIA Jetson Nano Developer Kit\""), "{text}");
     assert!(text.contains("memlock = true"), "{text}");
     assert!(text.contains("sync_interval = \"220ms\""), "{text}");
-    assert!(text.contains("max_dirty = \"32M\""), "{text}");
+    assert!(text.contains("max_dirty = \"48M\""), "{text}");
     // A flag still beats the profile.
     let out = run_ok(
         spillway()
@@ -127,6 +127,33 @@ fn doctor_on_a_fake_jetson_picks_jetson_sd() {
     );
     let text = stdout_of(&out);
     assert!(text.contains("max_dirty = \"8M\"") && text.contains("memlock = false"), "{text}");
+    // ... and the doctor says what serve would make of it.
+    assert!(text.contains("`serve` refuses these settings: ") && text.contains("at least 40 MiB"), "{text}");
+    let out = run_capture(
+        spillway()
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-dirty", "8M", "--data-dir"])
+            .arg(dir.path().join("d")),
+    );
+    let text = all_output(&out);
+    assert!(!out.status.success() && text.contains("at least 40 MiB"), "{text}");
+    assert!(!dir.path().join("d").exists(), "refused, yet the data directory was created:\n{text}");
+}
+
+#[test]
+fn serve_on_a_fake_jetson_runs_the_jetson_sd_profile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = jetson_on_sd(dir.path());
+    let mut server = Server::start(&["--detect-root", root.to_str().expect("utf-8")]);
+    let log = server.log();
+    assert!(log.contains("profile jetson-sd (auto: \"NVIDIA Jetson Nano Developer Kit\""), "{log}");
+    assert!(log.contains("memlock: mlockall") && log.contains("memlock: PR_SET_IO_FLUSHER"), "{log}");
+    if common::require_tool("nbdcopy") {
+        let data = common::pseudo_random_bytes(11, 4 << 20);
+        server.copy_in(&data, "jetson", true);
+        common::assert_same_blocks("read back under jetson-sd", &server.copy_out(data.len()), &data);
+    }
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

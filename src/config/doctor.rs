@@ -165,6 +165,11 @@ pub fn warnings(r: &Resolved) -> Vec<String> {
             r.profile.name()
         ));
     }
+    if !s.memory {
+        if let Err(e) = s.volume_config().validate() {
+            out.push(format!("`serve` refuses these settings: {e}"));
+        }
+    }
     if s.durability == Durability::Async {
         out.push("durability = async: FLUSH is acknowledged without syncing (unsafe)".into());
     }

@@ -46,8 +46,9 @@ impl Profile {
                 // The doctor's rule (20 x fdatasync, docs/profiles.md) applied to the
                 // 10 ms-per-sync emulation of an SD card.
                 sync_interval: Some(SLOW_SYNC_INTERVAL),
-                // A Jetson Nano has 4 GiB shared with the GPU: bound our memory tighter.
-                max_dirty: Some(32 << 20),
+                // A Jetson Nano has 4 GiB shared with the GPU: bound our memory tighter
+                // (the engine needs at least 40 MiB of dirty budget: a 32 MiB request).
+                max_dirty: Some(48 << 20),
                 cache_bytes: Some(32 << 20),
                 upload_parallel: Some(2),
                 memlock: Some(true),

@@ -13,9 +13,10 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::chunk::spiller::SpillConfig;
 use crate::codec::Compression;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
-use crate::volume::FlushTarget;
+use crate::volume::{FlushTarget, VolumeConfig};
 use crate::wal::{Durability, RecoveryMode};
 
 use super::profile::ProfileChoice;
@@ -88,8 +89,8 @@ pub struct SettingsArgs {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_value_enum")]
     pub recovery_mode: Option<RecoveryMode>,
 
-    /// Memory for written data not yet in the WAL; writers wait at this bound.
-    /// [default: 128M; the profile may change it]
+    /// Memory for written data not yet in the WAL; writers wait at this bound (at least
+    /// 40M). [default: 128M; the profile may change it]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub max_dirty: Option<u64>,
@@ -319,6 +320,33 @@ impl Settings {
         set(&mut self.profile, &l.profile);
     }
 
+    /// The configuration of each durable volume these settings serve.
+    pub fn volume_config(&self) -> VolumeConfig {
+        VolumeConfig {
+            size: self.size,
+            durability: self.durability,
+            sync_interval: self.sync_interval,
+            sync_bytes: self.sync_bytes,
+            segment_bytes: self.wal_segment_size,
+            wal_align: self.wal_align,
+            max_dirty_bytes: usize::try_from(self.max_dirty).unwrap_or(usize::MAX),
+            recovery: self.recovery_mode,
+            max_wal_segments: usize::try_from(self.max_wal / self.wal_segment_size.max(1)).unwrap_or(usize::MAX),
+            cache_bytes: usize::try_from(self.cache_bytes).unwrap_or(usize::MAX),
+            readahead_frames: self.readahead,
+            flush_target: self.flush_target,
+            spill: SpillConfig {
+                codec: self.codec,
+                chunk_bytes: usize::try_from(self.chunk_size).unwrap_or(usize::MAX),
+                spill_age: self.spill_age,
+                compact_below: self.compact_below,
+                upload_parallel: self.upload_parallel,
+                ..SpillConfig::default()
+            },
+            ..VolumeConfig::default()
+        }
+    }
+
     /// These settings as a layer that gives every value (for printing them as a file).
     pub fn to_layer(&self) -> SettingsArgs {
         SettingsArgs {
@@ -475,6 +503,18 @@ mod tests {
         assert!(!s.memlock, "the file turns off what the profile turned on");
         assert_eq!(s.max_dirty, 2 << 20, "the flag beats the file");
         assert_eq!(s.cache_bytes, Settings::default().cache_bytes, "nobody said: built-in default");
+    }
+
+    #[test]
+    fn every_profile_gives_settings_the_engine_accepts() {
+        use crate::config::profile::Profile;
+        for p in [Profile::Server, Profile::Wsl, Profile::JetsonSd] {
+            let mut s = Settings::default();
+            s.apply(&p.layer());
+            if let Err(e) = s.volume_config().validate() {
+                panic!("profile {}: {e}", p.name());
+            }
+        }
     }
 
     #[test]
