@@ -8,6 +8,11 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => spillway::serve::run(*args),
         Command::Recover(args) => spillway::recover::run(args),
         Command::Scrub(args) => spillway::scrub::run(args),
+        Command::Config(_) => {
+            print!("{}", spillway::config::file::print_defaults());
+            Ok(())
+        }
+        Command::Doctor(args) => spillway::config::doctor::run(*args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

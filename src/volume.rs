@@ -144,6 +144,9 @@ impl VolumeConfig {
         if self.max_wal_segments < 3 {
             return bad(format!("max_wal_segments {} must be at least 3", self.max_wal_segments));
         }
+        if self.spill.par2_percent > 100 {
+            return bad(format!("par2 {}% must be between 0 and 100", self.spill.par2_percent));
+        }
         if self.spill.chunk_bytes < BLOCK_SIZE || self.spill.chunk_bytes > 64 << 20 {
             return bad(format!("chunk size {} must be between 4 KiB and 64 MiB", self.spill.chunk_bytes));
         }
