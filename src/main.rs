@@ -7,6 +7,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => spillway::serve::run(*args),
         Command::Recover(args) => spillway::recover::run(args),
+        Command::Import(args) => spillway::image::run_import(args),
+        Command::Export(args) => spillway::image::run_export(args),
+        Command::List(args) => spillway::inspect::run_list(args),
+        Command::Info(args) => spillway::inspect::run_info(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
