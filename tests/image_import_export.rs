@@ -238,3 +238,24 @@ fn import_refuses_a_size_that_is_not_whole_blocks() {
     let text = all_output(&out);
     assert!(!out.status.success() && text.contains("not a positive multiple of 4096"), "{text}");
 }
+
+#[test]
+fn info_counts_data_still_in_the_wal_as_dirty() {
+    if !require_tool("nbdcopy") {
+        return;
+    }
+    // No spill for an hour: after FLUSH the data is only in the WAL; kill -9 keeps it there.
+    let mut server = Server::start(&["--spill-age", "60m"]);
+    server.copy_in(&common::pseudo_random_bytes(11, MIB as usize), "in.img", true);
+    server.kill9();
+    let data = server.dir().join("data");
+    let out = common::run_ok(spillway().args(["info", "default", "--data-dir"]).arg(&data));
+    let info = stdout_of(&out);
+    assert!(line_value(&info, "dirty").starts_with(&format!("{MIB} bytes")), "{info}");
+    assert!(line_value(&info, "used").starts_with(&format!("{MIB} bytes")), "{info}");
+    assert_eq!(line_value(&info, "in chunks"), "0 blocks", "{info}");
+    let list = stdout_of(&common::run_ok(spillway().args(["list", "--data-dir"]).arg(&data)));
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with("default ")).expect("a row").split_whitespace().collect();
+    // NAME SIZE(2 words) USED(2) DIRTY(2) ...
+    assert_eq!(&row[1..7], ["256.0", "MiB", "1.0", "MiB", "1.0", "MiB"], "{list}");
+}
