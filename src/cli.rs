@@ -29,8 +29,8 @@ pub enum Command {
     /// machine whose local disk died. The volume directory must not exist yet.
     Recover(RecoverArgs),
     /// Copy a raw disk image into a new volume, offline (no server may be running on the
-    /// data directory). Holes and all-zero blocks are not stored. Memory stays bounded
-    /// whatever the image size.
+    /// data directory). Holes and all-zero blocks are not stored. Memory does not grow with
+    /// the image's size; the volume's block index grows with the data stored.
     Import(ImportArgs),
     /// Copy a volume out to a raw image file, offline. Ranges that read as zeroes become
     /// holes in the file.
