@@ -39,6 +39,17 @@ pub enum Command {
     /// SIMD kernels), which profile `serve` would choose, the effective settings, and any
     /// warnings. With --measure, time syncs and writes in the data directory.
     Doctor(Box<DoctorArgs>),
+    /// Copy a raw disk image into a new volume, offline (no server may be running on the
+    /// data directory). Holes and all-zero blocks are not stored. Memory does not grow with
+    /// the image's size; the volume's block index grows with the data stored.
+    Import(ImportArgs),
+    /// Copy a volume out to a raw image file, offline. Ranges that read as zeroes become
+    /// holes in the file.
+    Export(ExportArgs),
+    /// List the volumes of a data directory: size, used, dirty data, chunks, WAL, codec.
+    List(ListArgs),
+    /// Show one volume: size, used, chunks, WAL, dirty data and the codec pipeline.
+    Info(InfoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +64,69 @@ pub struct ScrubArgs {
 
     #[command(flatten)]
     pub backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Raw image to read (a regular file; its size must be a multiple of 4096 bytes and
+    /// becomes the volume's size).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Name of the new volume.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub export: String,
+
+    /// Data directory holding the volumes (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
+
+    /// Codec of the chunk frames: lz4, zstd[:LEVEL] or none.
+    #[arg(long, value_name = "CODEC", default_value = "lz4")]
+    pub codec: crate::codec::Compression,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Name of the volume to copy out.
+    #[arg(value_name = "NAME")]
+    pub export: String,
+
+    /// Raw image file to write (must not exist, unless --force).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Data directory holding the volumes.
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Data directory holding the volumes.
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Name of the volume.
+    #[arg(value_name = "NAME")]
+    pub export: String,
+
+    /// Data directory holding the volumes.
+    #[arg(long, value_name = "DIR", default_value = "./spillway-data")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,10 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Doctor(args) => spillway::config::doctor::run(*args).map_err(anyhow::Error::from),
+        Command::Import(args) => spillway::image::run_import(args),
+        Command::Export(args) => spillway::image::run_export(args),
+        Command::List(args) => spillway::inspect::run_list(args),
+        Command::Info(args) => spillway::inspect::run_info(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -176,6 +176,9 @@ async fn serve(run: Run) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Registered before the first client, so a scrape shows them at zero.
+    metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).absolute(0);
+    metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).set(0.0);
     let tracker = TaskTracker::new();
     let mut accepts = Vec::new();
     accepts.push(tokio::spawn(accept_tcp(tcp, Arc::clone(&server), tracker.clone())));
@@ -299,12 +302,30 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// Counts a connection in the connection metrics from accept until it is dropped.
+struct Counted;
+
+impl Counted {
+    fn accepted() -> Self {
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
+        metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
 async fn connection<D, R, W>(server: Arc<Server<D>>, r: R, w: W, peer: String)
 where
     D: BlockDevice,
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let _counted = Counted::accepted();
     debug!(%peer, "connected");
     match server.serve(r, w).await {
         Ok(()) => debug!(%peer, "disconnected"),

@@ -792,7 +792,7 @@ impl BlockDevice for Volume {
         let blocks = (offset + data.len() as u64 - 1) / BS - offset / BS + 1;
         let bytes = (blocks * BS) as u32;
         // The dirty-memory bound: wait here, before any lock is taken.
-        self.shared.dirty.acquire_many(bytes).await.map_err(|_| WalError::Closed)?.forget();
+        self.shared.take_dirty(bytes).await?;
         let mut fetches = 0;
         loop {
             let err = match self.stage_write(offset, data, fua) {
@@ -809,7 +809,7 @@ impl BlockDevice for Volume {
                 Err(Stage::Fetch(loc)) => ChunkError::Other(format!("chunk {:016x} keeps moving", loc.chunk)).into(),
                 Err(Stage::Failed(e)) => e,
             };
-            self.shared.dirty.add_permits(bytes as usize);
+            self.shared.give_dirty(bytes as usize);
             return Err(err);
         }
     }
