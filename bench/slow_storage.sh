@@ -16,6 +16,8 @@
 #   RETRIES=2        a run whose fio fails is retried on a fresh server this many
 #                    times; failed attempts are kept and counted in the table
 #   SIZE=1G          export size
+#   SERVE_EXTRA=""   more serve flags for every run, e.g. "--sync-interval 200ms"
+#                    (how docs/profiles.md compares sync intervals)
 #   DATA_ROOT, SETTLE, SKIP_BUILD, SPILLWAY, SPILLWAY_LOG, LOCK, LOAD_MAX, LOAD_WAIT
 #
 # Example smoke run:  RUNTIME=3 bench/slow_storage.sh
@@ -32,6 +34,8 @@ REGION=${REGION:-256m}
 ROUNDS=${ROUNDS:-1}
 RETRIES=${RETRIES:-2}
 SIZE=${SIZE:-1G}
+SERVE_EXTRA=${SERVE_EXTRA:-}
+read -r -a EXTRA <<<"$SERVE_EXTRA"
 FIO_TIMEOUT=${FIO_TIMEOUT:-$((RUNTIME * 2 + 120))}
 JOB=$HERE/fio/slow-randwrite-4k-qd32.fio
 
@@ -50,13 +54,13 @@ build_spillway
 make_out slow-storage
 snapshot_spillway
 
-CMD="MODES=\"${ML[*]}\" INJECT=$INJECT RUNTIME=$RUNTIME REGION=$REGION ROUNDS=$ROUNDS RETRIES=$RETRIES PIN=$PIN $0"
+CMD="SERVE_EXTRA=\"$SERVE_EXTRA\" MODES=\"${ML[*]}\" INJECT=$INJECT RUNTIME=$RUNTIME REGION=$REGION ROUNDS=$ROUNDS RETRIES=$RETRIES PIN=$PIN $0"
 {
     echo "# spillway on emulated slow storage (--inject-sync-latency $INJECT)"
     echo
     echo "- command: $CMD"
     env_header
-    echo "- spillway serve --durability MODE --inject-sync-latency $INJECT --size $SIZE (other flags default: --sync-interval 100ms, --sync-bytes 16M, --wal-segment-size 32M)"
+    echo "- spillway serve --profile server --durability MODE --inject-sync-latency $INJECT --size $SIZE $SERVE_EXTRA (other flags default: --sync-interval 100ms, --sync-bytes 16M, --wal-segment-size 32M)"
     echo "- fio: bench/fio/slow-randwrite-4k-qd32.fio, 4 KiB random writes, iodepth 32, one connection, region $REGION, ${RUNTIME}s, no FLUSH"
     echo "- fresh data dir per run; modes: ${ML[*]}; rounds: $ROUNDS"
 } >"$OUT/env.md"
@@ -76,7 +80,8 @@ attempt() {
     local json="$OUT/raw/$mode.r$r.json" slog="$OUT/logs/$base.server.log" flog="$OUT/logs/$base.fio.log"
     local dir load_at_start
     dir=$(fresh_run_dir)
-    start_spillway "$slog" "$dir/spillway-data" --size "$SIZE" --durability "$mode" --inject-sync-latency "$INJECT"
+    start_spillway "$slog" "$dir/spillway-data" --size "$SIZE" --durability "$mode" --inject-sync-latency "$INJECT" \
+        --profile server ${EXTRA[@]+"${EXTRA[@]}"}
     load_at_start=$(loadavg1)
     run_fio "$json" "$flog" "$JOB" "nbd://127.0.0.1:$PORT" REGION="$REGION"
     local rc=$FIO_RC died=0

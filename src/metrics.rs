@@ -29,19 +29,45 @@ pub const NBD_ERRORS: &str = "spillway_nbd_errors_total";
 pub const NBD_BYTES: &str = "spillway_nbd_bytes_total";
 /// Time from the device call to its completion, in seconds, by `op`.
 pub const NBD_SECONDS: &str = "spillway_nbd_request_seconds";
+/// Bytes of records (padding included) the WAL writer wrote for one batch (group commit).
+pub const WAL_BATCH_BYTES: &str = "spillway_wal_batch_bytes";
+/// Queued items (writes, zeroes, sync barriers) the WAL writer took as one batch.
+pub const WAL_BATCH_ITEMS: &str = "spillway_wal_batch_items";
+/// Time one WAL fdatasync took, in seconds.
+pub const WAL_SYNC_SECONDS: &str = "spillway_wal_sync_seconds";
+/// Written data held in memory and not yet written to the WAL (bounded by `--max-dirty`),
+/// across all exports.
+pub const DIRTY_BYTES: &str = "spillway_dirty_bytes";
+/// NBD connections open now (TCP and Unix), handshake included.
+pub const CONNECTIONS_OPEN: &str = "spillway_connections_open";
+/// NBD connections accepted since start (TCP and Unix).
+pub const CONNECTIONS_ACCEPTED: &str = "spillway_connections_accepted_total";
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const SYNC_BUCKETS: &[f64] = &[0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+/// 4 KiB to 32 MiB, by powers of two.
+const BATCH_BYTE_BUCKETS: &[f64] = &[
+    4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0, 262144.0, 524288.0, 1048576.0, 2097152.0, 4194304.0,
+    8388608.0, 16777216.0, 33554432.0,
+];
+const BATCH_ITEM_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// Serve the Prometheus text format at `http://ADDR/metrics` from now on. Counters
 /// recorded before this call are not kept, so call it before the volumes open.
 pub fn install_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(NBD_SECONDS.to_owned()),
-            &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
-        )
-        .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
-        .install()
-        .map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e}"))?;
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    for (name, buckets) in [
+        (NBD_SECONDS, LATENCY_BUCKETS),
+        (WAL_SYNC_SECONDS, SYNC_BUCKETS),
+        (WAL_BATCH_BYTES, BATCH_BYTE_BUCKETS),
+        (WAL_BATCH_ITEMS, BATCH_ITEM_BUCKETS),
+    ] {
+        builder = builder
+            .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(name.to_owned()), buckets)
+            .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?;
+    }
+    builder.install().map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e}"))?;
     Ok(())
 }
 

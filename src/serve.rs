@@ -12,26 +12,56 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::chunk::spiller::SpillConfig;
 use crate::cli::ServeArgs;
+use crate::config::profile::{judge_data_dir, DirVerdict};
+use crate::config::settings::Settings;
 use crate::device::{Device, Volumes};
 use crate::io::faulty::FaultyFs;
 use crate::io::std_fs::StdFs;
 use crate::io::FileSystem;
 use crate::memory_volume::MemoryVolume;
-use crate::volume::{Volume, VolumeConfig, DEFAULT_SIZE};
+use crate::volume::{Volume, DEFAULT_SIZE};
 use crate::wal::Durability;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// What `serve` runs with: the effective settings and the run-only flags.
+struct Run {
+    s: Settings,
+    inject_sync_latency: Option<Duration>,
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let r = crate::config::resolve(args.config.as_deref(), &args.settings, &args.detect_root)?;
+    if let Some(path) = &r.config_file {
+        info!("config file {}", path.display());
+    }
+    info!(profile = r.profile.name(), "profile {} ({})", r.profile.name(), r.profile_reason);
+    debug!(settings = ?r.settings, "effective settings");
+    if !r.settings.memory {
+        match judge_data_dir(&r.detected.fs) {
+            DirVerdict::Ok => {}
+            DirVerdict::Warn(why) => warn!("{}: {why}", r.settings.data_dir.display()),
+            DirVerdict::Refuse(why) if args.force => {
+                warn!("{}: {why} (serving anyway: --force)", r.settings.data_dir.display())
+            }
+            DirVerdict::Refuse(why) => bail!("refusing data directory {}: {why}", r.settings.data_dir.display()),
+        }
+    }
+    if !r.settings.memory {
+        r.settings.volume_config().validate().context("checking the settings")?;
+    }
+    // Before the runtime starts its threads: they inherit PR_SET_IO_FLUSHER.
+    if r.settings.memlock {
+        crate::memlock::apply();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("spillway")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(Run { s: r.settings, inject_sync_latency: args.inject_sync_latency }))
 }
 
 /// A directory name for an export: safe characters as they are, anything else hex-encoded.
@@ -44,12 +74,13 @@ pub fn export_dir_name(name: &str) -> String {
     }
 }
 
-async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
+async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
+    let args = &run.s;
     if args.size == Some(0) {
         bail!("--size must be greater than zero");
     }
     let names = if args.exports.is_empty() { vec!["default".to_owned()] } else { args.exports.clone() };
-    let fs: Arc<dyn FileSystem> = match args.inject_sync_latency {
+    let fs: Arc<dyn FileSystem> = match run.inject_sync_latency {
         Some(d) => {
             let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
             *faults.sync_latency.lock() = d;
@@ -72,37 +103,10 @@ async fn exports(args: &ServeArgs) -> anyhow::Result<Vec<Export<Device>>> {
         } else {
             let dir = args.data_dir.join("volumes").join(export_dir_name(&name));
             let dir_name = export_dir_name(&name);
-            let backend = crate::backend::for_volume(
-                args.backend.backend.as_deref(),
-                args.backend.s3_endpoint.as_deref(),
-                &dir,
-                &dir_name,
-            )
-            .with_context(|| format!("opening the backend of volume {name:?}"))?;
-            let cfg = VolumeConfig {
-                size: args.size,
-                durability: args.durability,
-                sync_interval: args.sync_interval,
-                sync_bytes: args.sync_bytes,
-                segment_bytes: args.wal_segment_size,
-                max_dirty_bytes: usize::try_from(args.max_dirty).unwrap_or(usize::MAX),
-                recovery: args.recovery_mode,
-                max_wal_segments: usize::try_from(args.max_wal / args.wal_segment_size.max(1)).unwrap_or(usize::MAX),
-                cache_bytes: usize::try_from(args.cache_bytes).unwrap_or(usize::MAX),
-                readahead_frames: args.readahead,
-                flush_target: args.flush_target,
-                spill: SpillConfig {
-                    codec: args.codec,
-                    par2_percent: args.par2,
-                    chunk_bytes: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
-                    spill_age: args.spill_age,
-                    compact_below: args.compact_below,
-                    upload_parallel: args.upload_parallel,
-                    ..SpillConfig::default()
-                },
-                yenc: args.yenc,
-                ..VolumeConfig::default()
-            };
+            let backend =
+                crate::backend::for_volume(args.backend.as_deref(), args.s3_endpoint.as_deref(), &dir, &dir_name)
+                    .with_context(|| format!("opening the backend of volume {name:?}"))?;
+            let cfg = args.volume_config();
             let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)
                 .await
                 .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;
@@ -130,7 +134,8 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::Fi
         .map_err(|(_, e)| anyhow::anyhow!("{} is in use by another spillway ({e})", dir.display()))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(run: Run) -> anyhow::Result<()> {
+    let args = &run.s;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let _lock = if args.memory { None } else { Some(lock_data_dir(&args.data_dir)?) };
@@ -147,7 +152,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("Use it only for scratch volumes and benchmarks.");
         warn!("**********************************************************************");
     }
-    let server = Server::new(exports(&args).await?, ServerConfig::default())?;
+    let server = Server::new(exports(&run).await?, ServerConfig::default())?;
     for e in server.exports() {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");
     }
@@ -171,12 +176,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Registered before the first client, so a scrape shows them at zero.
+    metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).absolute(0);
+    metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).set(0.0);
     let tracker = TaskTracker::new();
     let mut accepts = Vec::new();
     accepts.push(tokio::spawn(accept_tcp(tcp, Arc::clone(&server), tracker.clone())));
     if let Some(l) = unix {
         accepts.push(tokio::spawn(accept_unix(l, Arc::clone(&server), tracker.clone())));
     }
+    // Before `ready`: a SIGTERM sent as soon as `ready` is seen must shut down cleanly,
+    // not kill the process with the default action.
+    let signals = Signals::install()?;
     info!("ready");
     notifier.send(&format!("READY=1\nSTATUS=serving {} export(s) on {tcp_addr}", server.exports().len()));
     if let Some(every) = notifier.watchdog_interval() {
@@ -189,7 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    wait_for_signal().await?;
+    signals.wait().await;
     info!("shutting down");
     notifier.send("STOPPING=1\nSTATUS=shutting down: finishing requests, draining to the backend");
     for a in &accepts {
@@ -232,14 +243,26 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("listening on unix socket {}", path.display()))
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn accept_tcp<D: BlockDevice>(l: TcpListener, server: Arc<Server<D>>, tracker: TaskTracker) {
@@ -279,12 +302,30 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// Counts a connection in the connection metrics from accept until it is dropped.
+struct Counted;
+
+impl Counted {
+    fn accepted() -> Self {
+        metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
+        metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
 async fn connection<D, R, W>(server: Arc<Server<D>>, r: R, w: W, peer: String)
 where
     D: BlockDevice,
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let _counted = Counted::accepted();
     debug!(%peer, "connected");
     match server.serve(r, w).await {
         Ok(()) => debug!(%peer, "disconnected"),

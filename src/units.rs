@@ -71,3 +71,46 @@ mod duration_tests {
         assert!(parse_duration("5h").is_err());
     }
 }
+
+/// A size the way [`parse_size`] reads it, in the largest unit that keeps it exact:
+/// `4K`, `128M`, `1G`, `1000`.
+pub fn format_size(n: u64) -> String {
+    for (shift, unit) in [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n % (1u64 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A duration the way [`parse_duration`] reads it: `30s`, `1m`, `250ms` (whole
+/// milliseconds; anything finer is dropped).
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms != 0 && ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms != 0 && ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_read_back() {
+        for n in [0, 1, 1000, 4096, 128 << 20, 1 << 30, (1 << 30) + 1, 3 << 40] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(format_size(128 << 20), "128M");
+        for ms in [0, 1, 100, 1000, 30_000, 60_000, 61_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{ms}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+    }
+}

@@ -144,6 +144,9 @@ impl VolumeConfig {
         if self.max_wal_segments < 3 {
             return bad(format!("max_wal_segments {} must be at least 3", self.max_wal_segments));
         }
+        if self.spill.par2_percent > 100 {
+            return bad(format!("par2 {}% must be between 0 and 100", self.spill.par2_percent));
+        }
         if self.spill.chunk_bytes < BLOCK_SIZE || self.spill.chunk_bytes > 64 << 20 {
             return bad(format!("chunk size {} must be between 4 KiB and 64 MiB", self.spill.chunk_bytes));
         }
@@ -789,7 +792,7 @@ impl BlockDevice for Volume {
         let blocks = (offset + data.len() as u64 - 1) / BS - offset / BS + 1;
         let bytes = (blocks * BS) as u32;
         // The dirty-memory bound: wait here, before any lock is taken.
-        self.shared.dirty.acquire_many(bytes).await.map_err(|_| WalError::Closed)?.forget();
+        self.shared.take_dirty(bytes).await?;
         let mut fetches = 0;
         loop {
             let err = match self.stage_write(offset, data, fua) {
@@ -806,7 +809,7 @@ impl BlockDevice for Volume {
                 Err(Stage::Fetch(loc)) => ChunkError::Other(format!("chunk {:016x} keeps moving", loc.chunk)).into(),
                 Err(Stage::Failed(e)) => e,
             };
-            self.shared.dirty.add_permits(bytes as usize);
+            self.shared.give_dirty(bytes as usize);
             return Err(err);
         }
     }

@@ -80,8 +80,10 @@ pub struct Shared {
     pub index: Arc<Index>,
     pub arena: Arc<Arena>,
     /// Dirty-byte budget: the volume takes from it per block queued, the writer gives back
-    /// once a block is written.
-    pub dirty: Arc<Semaphore>,
+    /// once a block is written ([`Shared::take_dirty`], [`Shared::give_dirty`]).
+    dirty: Arc<Semaphore>,
+    /// The bytes taken from `dirty` and not given back, as a metric.
+    dirty_gauge: metrics::Gauge,
     /// WAL position (segment, offset) up to which everything is synced.
     durable_pos: Mutex<(u64, u64)>,
     /// Segments with a smaller id are spilled and checkpointed: free for reuse.
@@ -102,10 +104,30 @@ impl Shared {
             index,
             arena,
             dirty,
+            dirty_gauge: {
+                // Adding zero registers the series (a scrape shows 0) without touching what
+                // other volumes hold.
+                let g = metrics::gauge!(crate::metrics::DIRTY_BYTES);
+                g.increment(0.0);
+                g
+            },
             durable_pos: Mutex::new((0, 0)),
             recyclable_before: AtomicU64::new(0),
             spill_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Take `bytes` from the dirty budget, waiting while it is spent.
+    pub async fn take_dirty(&self, bytes: u32) -> Result<(), WalError> {
+        self.dirty.acquire_many(bytes).await.map_err(|_| WalError::Closed)?.forget();
+        self.dirty_gauge.increment(f64::from(bytes));
+        Ok(())
+    }
+
+    /// Give back what [`Shared::take_dirty`] took.
+    pub fn give_dirty(&self, bytes: usize) {
+        self.dirty.add_permits(bytes);
+        self.dirty_gauge.decrement(bytes as f64);
     }
 
     /// Where the synced part of the log ends.
@@ -191,6 +213,11 @@ pub struct Writer {
     /// Items in the last batch that was synced, and how long its sync took (group commit).
     last_batch: usize,
     last_sync: Duration,
+    /// Bytes written for the batch being processed.
+    batch_bytes: u64,
+    batch_bytes_metric: metrics::Histogram,
+    batch_items_metric: metrics::Histogram,
+    sync_seconds_metric: metrics::Histogram,
     /// Opening the first segment at start-up: the spiller that frees segments is not
     /// running yet, so waiting at the segment bound would wait forever. That one segment
     /// may go past the bound.
@@ -229,6 +256,10 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             last_batch: 0,
             last_sync: Duration::ZERO,
+            batch_bytes: 0,
+            batch_bytes_metric: metrics::histogram!(crate::metrics::WAL_BATCH_BYTES),
+            batch_items_metric: metrics::histogram!(crate::metrics::WAL_BATCH_ITEMS),
+            sync_seconds_metric: metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS),
             starting: true,
         };
         *w.shared.durable_pos.lock() = prev;
@@ -336,6 +367,8 @@ impl Writer {
             placed.push(Placed { item: i, segment: self.current.id, offset });
         }
         self.write_out(items, &mut placed)?;
+        self.batch_items_metric.record(items.len() as f64);
+        self.batch_bytes_metric.record(std::mem::take(&mut self.batch_bytes) as f64);
         let unsynced_for = self.first_unsynced.map_or(Duration::ZERO, |t| t.elapsed());
         let synced = if self.cfg.policy.sync_after_batch(forced, self.unsynced_bytes, unsynced_for) {
             self.sync()?;
@@ -386,6 +419,7 @@ impl Writer {
             self.first_unsynced = Some(Instant::now());
         }
         self.unsynced_bytes += self.buf.len() as u64;
+        self.batch_bytes += self.buf.len() as u64;
         self.off += self.buf.len() as u64;
         self.buf.clear();
         for p in placed.drain(..) {
@@ -410,7 +444,7 @@ impl Writer {
             for s in slots {
                 self.shared.arena.release(s);
             }
-            self.shared.dirty.add_permits(bytes);
+            self.shared.give_dirty(bytes);
         }
     }
 
@@ -419,6 +453,7 @@ impl Writer {
         let started = Instant::now();
         self.current.file.sync_data().map_err(|e| WalError::io(what, e))?;
         self.last_sync = started.elapsed();
+        self.sync_seconds_metric.record(self.last_sync.as_secs_f64());
         self.synced_to = self.off;
         self.unsynced_bytes = 0;
         self.first_unsynced = None;
