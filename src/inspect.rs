@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::chunk::base::Base;
+use crate::chunk::base::{Base, BaseRef};
 use crate::chunk::format::{FRAME_BLOCKS, KIND_COMPACTION, KIND_SPILL};
 use crate::chunk::manifest::Manifest;
 use crate::chunk::rebuild::apply_manifest;
@@ -90,13 +90,14 @@ pub fn inspect(name: &str, dir: &Path) -> anyhow::Result<VolumeInfo> {
     let meta = VolumeMeta::decode(&meta_bytes).with_context(|| format!("{} is damaged", meta_path.display()))?;
     let mut info = VolumeInfo { name: name.to_owned(), dir: dir.to_owned(), size: meta.size, ..VolumeInfo::default() };
     let index = Index::new(16);
+    let base = Base::new();
     let set = ChunkSet::new(1);
     let manifest_path = dir.join(MANIFEST_FILE);
     let mut from = (0, 0);
     match std::fs::read(&manifest_path) {
         Ok(bytes) => {
             let m = Manifest::decode(&bytes).with_context(|| format!("{} is damaged", manifest_path.display()))?;
-            apply_manifest(&m, &index, &mut Base::new(), &set)
+            apply_manifest(&m, &base, &set)
                 .with_context(|| format!("reading {}", manifest_path.display()))?;
             from = m.replay_from;
             info.manifest_generation = Some(m.generation);
@@ -132,6 +133,8 @@ pub fn inspect(name: &str, dir: &Path) -> anyhow::Result<VolumeInfo> {
             .with_context(|| format!("reading the WAL in {}", wal_dir.display()))?;
         info.wal_segments_live = replayed.segments.len() as u64;
     }
+    // The WAL (the live index) first; the manifest's blocks (the base) where the WAL has
+    // nothing newer for them.
     index.collect(|_, e| {
         match e.state {
             BlockState::Persisted(_) => info.blocks_in_chunks += 1,
@@ -141,6 +144,17 @@ pub fn inspect(name: &str, dir: &Path) -> anyhow::Result<VolumeInfo> {
         }
         false
     });
+    for (first, count, r) in base.runs() {
+        for b in first..first + u64::from(count) {
+            if index.get(b).is_some() || index.in_hole(b) {
+                continue;
+            }
+            match r {
+                BaseRef::Chunk(_) => info.blocks_in_chunks += 1,
+                BaseRef::Zeroed => info.blocks_zero_allocated += 1,
+            }
+        }
+    }
     Ok(info)
 }
 
