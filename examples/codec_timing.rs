@@ -107,10 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // The memory reference: a copy reads and writes each byte once, as the
             // multiply-add reads `src` and `dst` and writes `dst`.
             let (d, ()) = best(reps(2), || dst.copy_from_slice(std::hint::black_box(&src)));
-            println!(
-                "{{\"what\":\"memcpy\",\"bytes\":{size},\"gbps\":{:.3}}}",
-                size as f64 / d.as_secs_f64() / 1e9
-            );
+            println!("{{\"what\":\"memcpy\",\"bytes\":{size},\"gbps\":{:.3}}}", size as f64 / d.as_secs_f64() / 1e9);
         }
         _ => return Err("usage: codec_timing par2 FILE PERCENT OUT | yenc SIZE | gf16 SIZE".into()),
     }

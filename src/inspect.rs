@@ -97,8 +97,7 @@ pub fn inspect(name: &str, dir: &Path) -> anyhow::Result<VolumeInfo> {
     match std::fs::read(&manifest_path) {
         Ok(bytes) => {
             let m = Manifest::decode(&bytes).with_context(|| format!("{} is damaged", manifest_path.display()))?;
-            apply_manifest(&m, &base, &set)
-                .with_context(|| format!("reading {}", manifest_path.display()))?;
+            apply_manifest(&m, &base, &set).with_context(|| format!("reading {}", manifest_path.display()))?;
             from = m.replay_from;
             info.manifest_generation = Some(m.generation);
             for c in &m.chunks {
