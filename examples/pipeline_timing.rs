@@ -62,7 +62,6 @@ fn codecs() -> Vec<Compression> {
         Compression::Zstd(3),
         Compression::Zstd(6),
         Compression::Zstd(9),
-        Compression::Zstd(19),
     ]
 }
 
