@@ -56,13 +56,7 @@ fn decompress_frames(codec: Compression, data: &[u8], frame: usize, frames: &[Op
 }
 
 fn codecs() -> Vec<Compression> {
-    vec![
-        Compression::Lz4,
-        Compression::Zstd(1),
-        Compression::Zstd(3),
-        Compression::Zstd(6),
-        Compression::Zstd(9),
-    ]
+    vec![Compression::Lz4, Compression::Zstd(1), Compression::Zstd(3), Compression::Zstd(6), Compression::Zstd(9)]
 }
 
 fn header(par2_percent: u8, transport: u8) -> ChunkHeader {
