@@ -41,7 +41,7 @@ pub enum Command {
     Doctor(Box<DoctorArgs>),
     /// Copy a raw disk image into a new volume, offline (no server may be running on the
     /// data directory). Holes and all-zero blocks are not stored. Memory does not grow with
-    /// the image's size; the volume's block index grows with the data stored.
+    /// the image's size; the index of stored blocks grows by about 13 bytes per 4 KiB.
     Import(ImportArgs),
     /// Copy a volume out to a raw image file, offline. Ranges that read as zeroes become
     /// holes in the file.

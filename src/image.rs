@@ -3,9 +3,9 @@
 //! Both open the volume directly (under the data-directory lock, so a running server makes
 //! them refuse) and stream through the volume API in pieces of [`PIECE`] bytes. Memory is
 //! that piece, the volume's fixed budgets (dirty data, read cache, the spill of one WAL
-//! segment), and the volume's per-block index, which grows with the data stored (about
-//! 90 MiB per GiB of non-zero blocks measured on import, as in `serve`), never with the
-//! image's size or holes. Both are sparse-aware:
+//! segment, the live index of what the WAL holds), and the index of spilled blocks, which
+//! grows with the data stored by about 13 bytes per 4 KiB block, never with the image's
+//! size or holes. Both are sparse-aware:
 //!
 //! - import skips the file's holes (`SEEK_DATA`/`SEEK_HOLE`) and every all-zero 4 KiB block
 //!   inside its data: a new volume reads those as zeroes without storing anything.

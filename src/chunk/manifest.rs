@@ -79,15 +79,6 @@ fn u64at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// The place after `loc` in its chunk, given how many blocks each frame holds.
-pub fn next_place(loc: Loc, frame_blocks: impl Fn(u32) -> u32) -> Loc {
-    if loc.idx + 1 < frame_blocks(loc.frame) {
-        Loc { idx: loc.idx + 1, ..loc }
-    } else {
-        Loc { frame: loc.frame + 1, idx: 0, ..loc }
-    }
-}
-
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(self.chunks.len() * 256 + self.runs.len() * RUN_REC);
