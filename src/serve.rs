@@ -74,12 +74,30 @@ pub fn export_dir_name(name: &str) -> String {
     }
 }
 
+/// Refuse exports that are the same name twice, or two names that map to one volume
+/// directory (`" "` is stored as `x-20`, which is also a name of its own): two volumes
+/// writing one WAL would destroy it.
+fn distinct_dirs(names: &[String]) -> anyhow::Result<()> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for name in names {
+        if let Some(other) = seen.insert(export_dir_name(name), name) {
+            bail!(
+                "exports {other:?} and {name:?} would share the volume directory {:?}; serve each name once, \
+                 and rename one of two names that map to the same directory",
+                export_dir_name(name)
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
     let args = &run.s;
     if args.size == Some(0) {
         bail!("--size must be greater than zero");
     }
     let names = if args.exports.is_empty() { vec!["default".to_owned()] } else { args.exports.clone() };
+    distinct_dirs(&names)?;
     let fs: Arc<dyn FileSystem> = match run.inject_sync_latency {
         Some(d) => {
             let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
@@ -330,5 +348,19 @@ where
     match server.serve(r, w).await {
         Ok(()) => debug!(%peer, "disconnected"),
         Err(e) => info!(%peer, error = %e, "connection closed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_exports_never_share_a_volume_directory() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(distinct_dirs(&names(&["default", "a", "b c"])).is_ok());
+        let e = distinct_dirs(&names(&[" ", "x-20"])).unwrap_err().to_string();
+        assert!(e.contains("\"x-20\"") && e.contains("share the volume directory"), "{e}");
+        assert!(distinct_dirs(&names(&["a", "a"])).is_err(), "the same name twice");
     }
 }
