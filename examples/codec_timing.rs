@@ -6,23 +6,13 @@
 //!   cargo run --release --example codec_timing -- yenc SIZE [REPS [KERNEL|all [LINE_LEN]]]
 //!   cargo run --release --example codec_timing -- gf16 SIZE [REPS]
 
-use std::time::{Duration, Instant};
-
 use spillway::codec::gf16::{Kernel as GfKernel, NibbleTables};
 use spillway::codec::par2::{self, Par2Params};
 use spillway::codec::yenc::{Kernel as YencKernel, LINE_LEN};
 
-fn best<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut best = Duration::MAX;
-    let mut last = None;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        let v = f();
-        best = best.min(t.elapsed());
-        last = Some(v);
-    }
-    (best, last.expect("at least one rep"))
-}
+#[path = "common/best.rs"]
+mod timing;
+use timing::best;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

@@ -12,25 +12,17 @@
 //!       from a chunk file, check, decompress; yEnc: the whole object)
 
 use std::io::{Read, Seek, SeekFrom};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spillway::chunk::format::{self, BlockIn, ChunkHeader, KIND_SPILL, TRANSPORT_RAW, TRANSPORT_YENC};
 use spillway::codec::{par2, yenc, Compression};
 
+#[path = "common/best.rs"]
+mod timing;
+use timing::best;
+
 const BLOCK: usize = 4096;
 const CHUNK: usize = 4 << 20;
-
-fn best<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut best = Duration::MAX;
-    let mut last = None;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        let v = f();
-        best = best.min(t.elapsed());
-        last = Some(v);
-    }
-    (best, last.expect("at least one rep"))
-}
 
 fn gbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
