@@ -1,12 +1,13 @@
-//! Progress of a long offline copy (import, export): a bar (indicatif) when stderr is a
-//! terminal, otherwise one plain line per tenth of the work, so logs stay short.
+//! Progress of a long offline job (import, export, scrub): a bar (indicatif) when stderr is
+//! a terminal, otherwise one plain line per tenth of the work and one when it is done, so
+//! logs stay short.
 
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Progress {
-    what: &'static str,
+    what: String,
     total: u64,
     bar: Option<ProgressBar>,
     /// Tenths reported so far (plain lines).
@@ -14,7 +15,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(what: &'static str, total: u64) -> Self {
+    pub fn new(what: impl Into<String>, total: u64) -> Self {
+        let what = what.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) =
@@ -22,7 +24,7 @@ impl Progress {
             {
                 bar.set_style(style.progress_chars("=> "));
             }
-            bar.set_message(what);
+            bar.set_message(what.clone());
             bar
         });
         if bar.is_none() {
@@ -47,8 +49,9 @@ impl Progress {
 
     pub fn finish(&mut self) {
         self.set(self.total);
-        if let Some(bar) = &self.bar {
-            bar.finish();
+        match &self.bar {
+            Some(bar) => bar.finish(),
+            None => eprintln!("{}: done", self.what),
         }
     }
 }

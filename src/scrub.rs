@@ -2,13 +2,10 @@
 //! from the recovery objects (`X.par2`) what fails. Offline: it takes the data directory's
 //! lock, so it never races a server's compaction.
 
-use std::io::IsTerminal;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{error, warn};
 
 use crate::backend::{BackendError, DynBackend};
@@ -18,6 +15,7 @@ use crate::chunk::set::{chunk_key, key_chunk};
 use crate::cli::ScrubArgs;
 use crate::codec::par2::RepairOutcome;
 use crate::codec::Compression;
+use crate::progress::Progress;
 use crate::serve::{export_dir_name, lock_data_dir};
 use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_YENC};
 
@@ -105,7 +103,8 @@ async fn scrub_volume(name: &str, dir: &Path, backend: &DynBackend, yenc: bool) 
     let listed = backend.list("chunks/").await?;
     let chunks: Vec<(u64, u64)> = listed.iter().filter_map(|o| key_chunk(&o.key).map(|id| (id, o.size))).collect();
     let total: u64 = chunks.iter().map(|c| c.1).sum();
-    let progress = Progress::new(name, dir, chunks.len() as u64, total);
+    eprintln!("scrub {name} ({}): {} chunks", dir.display(), chunks.len());
+    let mut progress = Progress::new(format!("scrub {name}"), total);
     let mut t = Tally::default();
     for (id, size) in chunks {
         let (verdict, protected) = scrub_chunk(backend, id, yenc).await?;
@@ -133,7 +132,7 @@ async fn scrub_volume(name: &str, dir: &Path, backend: &DynBackend, yenc: bool) 
                 t.lost += 1;
             }
         }
-        progress.advance(size);
+        progress.set(t.bytes);
     }
     progress.finish();
     Ok(t)
@@ -211,61 +210,4 @@ fn own_checksums(obj: &[u8]) -> Result<(), String> {
         format::open_frame(codec, f, stored).map_err(|e| format!("frame {i}: {e}"))?;
     }
     Ok(())
-}
-
-/// A progress bar on a terminal; a plain line every few seconds otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-    name: String,
-    chunks: u64,
-    total: u64,
-    done: std::cell::Cell<(u64, u64)>,
-    last_line: std::cell::Cell<Instant>,
-}
-
-impl Progress {
-    fn new(name: &str, dir: &Path, chunks: u64, total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            b.set_message(format!("scrub {name}"));
-            b
-        });
-        if bar.is_none() {
-            eprintln!("scrub {name} ({}): {chunks} chunks, {total} bytes", dir.display());
-        }
-        Self {
-            bar,
-            name: name.to_owned(),
-            chunks,
-            total,
-            done: std::cell::Cell::new((0, 0)),
-            last_line: std::cell::Cell::new(Instant::now()),
-        }
-    }
-
-    fn advance(&self, bytes: u64) {
-        let (c, b) = self.done.get();
-        self.done.set((c + 1, b + bytes));
-        match &self.bar {
-            Some(bar) => bar.inc(bytes),
-            None if self.last_line.get().elapsed() >= Duration::from_secs(5) => {
-                self.last_line.set(Instant::now());
-                eprintln!("scrub {}: {}/{} chunks, {}/{} bytes", self.name, c + 1, self.chunks, b + bytes, self.total);
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        let (c, b) = self.done.get();
-        match &self.bar {
-            Some(bar) => bar.finish(),
-            None => eprintln!("scrub {}: {c}/{} chunks, {b}/{} bytes, done", self.name, self.chunks, self.total),
-        }
-    }
 }
