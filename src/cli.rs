@@ -141,6 +141,18 @@ pub struct BackendArgs {
     pub s3_endpoint: Option<String>,
 }
 
+impl BackendArgs {
+    /// The backend of the volume in `volume_dir` named `volume_name` (see
+    /// [`crate::backend::for_volume`]).
+    pub fn for_volume(
+        &self,
+        volume_dir: &std::path::Path,
+        volume_name: &str,
+    ) -> Result<crate::backend::DynBackend, crate::backend::BackendError> {
+        crate::backend::for_volume(self.backend.as_deref(), self.s3_endpoint.as_deref(), volume_dir, volume_name)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
     /// Data directory to rebuild the volumes into.

@@ -123,13 +123,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let backend = crate::backend::for_volume(
-        args.backend.backend.as_deref(),
-        args.backend.s3_endpoint.as_deref(),
-        &dir,
-        &dir_name,
-    )
-    .with_context(|| format!("opening the backend of volume {name:?}"))?;
+    let backend =
+        args.backend.for_volume(&dir, &dir_name).with_context(|| format!("opening the backend of volume {name:?}"))?;
     let cfg = VolumeConfig {
         size: Some(len),
         // The import is one unit: the WAL syncs at segment rolls and at the final close.
@@ -196,13 +191,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     let _lock = lock_data_dir(&args.data_dir)?;
     let out = open_output(&args.file, args.force)?;
-    let backend = crate::backend::for_volume(
-        args.backend.backend.as_deref(),
-        args.backend.s3_endpoint.as_deref(),
-        &dir,
-        &dir_name,
-    )
-    .with_context(|| format!("opening the backend of volume {name:?}"))?;
+    let backend =
+        args.backend.for_volume(&dir, &dir_name).with_context(|| format!("opening the backend of volume {name:?}"))?;
     let cfg = VolumeConfig { durability: Durability::Relaxed, cache_bytes: EXPORT_CACHE, ..VolumeConfig::default() };
     let volume = Volume::open(Arc::new(StdFs), &dir, backend, cfg)
         .await

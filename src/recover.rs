@@ -45,12 +45,7 @@ async fn recover_one(args: &RecoverArgs, name: &str) -> anyhow::Result<()> {
     if args.backend.backend.is_none() {
         bail!("--backend is required: a volume's default backend lives in its (lost) data directory");
     }
-    let backend = crate::backend::for_volume(
-        args.backend.backend.as_deref(),
-        args.backend.s3_endpoint.as_deref(),
-        &dir,
-        &dir_name,
-    )?;
+    let backend = args.backend.for_volume(&dir, &dir_name)?;
     let meta_bytes = backend
         .get(BACKEND_META_KEY)
         .await

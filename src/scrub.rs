@@ -73,13 +73,8 @@ async fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
         if !dir.is_dir() {
             bail!("no volume {name:?} in {}", volumes.display());
         }
-        let backend = crate::backend::for_volume(
-            args.backend.backend.as_deref(),
-            args.backend.s3_endpoint.as_deref(),
-            &dir,
-            &name,
-        )
-        .with_context(|| format!("opening the backend of volume {name:?}"))?;
+        let backend =
+            args.backend.for_volume(&dir, &name).with_context(|| format!("opening the backend of volume {name:?}"))?;
         let meta_path = dir.join(META_FILE);
         let meta = std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?;
         let meta = VolumeMeta::decode(&meta).with_context(|| format!("{} is damaged", meta_path.display()))?;
