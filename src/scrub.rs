@@ -149,13 +149,8 @@ async fn scrub_chunk(backend: &DynBackend, id: u64, yenc: bool) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("scrub task failed: {e}"))?;
     if let Some(fixed) = repaired {
         backend.put(&chunk_key(id), fixed).await?;
-    } else if yenc && verdict == Verdict::Intact {
-        // The bytes are right; is their yEnc wrapping? If not, write them anew.
-        if let Err(BackendError::Corrupt { detail, .. }) = backend.get(&chunk_key(id)).await {
-            warn!(chunk = format!("{id:016x}"), detail, "damaged yEnc wrapping of intact bytes; written anew");
-            backend.put(&chunk_key(id), unwrapped).await?;
-            return Ok((Verdict::Repaired { slices: 0 }, protected));
-        }
+    } else if yenc && verdict == Verdict::Intact && recovery::rewrap_if_damaged(backend, id, unwrapped).await? {
+        return Ok((Verdict::Repaired { slices: 0 }, protected));
     }
     Ok((verdict, protected))
 }

@@ -6,8 +6,13 @@
 //! the store fetch both objects, rebuild the damaged slices, write the chunk back and read
 //! again. See `docs/chunk.md` ("Recovery objects").
 
+use bytes::Bytes;
+use tracing::warn;
+
 use super::format;
+use super::set::chunk_key;
 use super::ChunkError;
+use crate::backend::{BackendError, DynBackend};
 use crate::codec::par2::{self, RepairOutcome};
 
 /// Key of the recovery object of chunk `id`.
@@ -39,6 +44,23 @@ pub fn create(id: u64, object: &[u8], percent: u8) -> Result<Vec<u8>, ChunkError
 pub fn repair(id: u64, object: &mut Vec<u8>, recovery: &[u8]) -> Result<RepairOutcome, ChunkError> {
     par2::verify_and_repair(&file_name(id), object, recovery)
         .map_err(|source| ChunkError::Recovery { chunk: id, source })
+}
+
+/// Chunk `id`'s content is intact (`content`), but is its transport wrapping? When the
+/// backend refuses the object as corrupt (a yEnc CRC that fails), write the content anew.
+/// Returns whether it did.
+pub async fn rewrap_if_damaged(backend: &DynBackend, id: u64, content: Bytes) -> Result<bool, BackendError> {
+    match backend.get(&chunk_key(id)).await {
+        Err(BackendError::Corrupt { detail, .. }) => {
+            backend.put(&chunk_key(id), content).await?;
+            warn!(
+                chunk = format!("{id:016x}"),
+                detail, "chunk with intact content but a damaged yEnc wrapping written anew"
+            );
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The volume blocks in frames of `object` that fail their checksums: what is at risk when

@@ -103,13 +103,11 @@ impl ChunkStore {
         match outcome {
             Ok(RepairOutcome::Intact) => {
                 // The bytes are right but their yEnc wrapping fails its CRC: write them anew.
-                if self.transport == format::TRANSPORT_YENC {
-                    if let Err(BackendError::Corrupt { detail, .. }) = self.backend.get(&chunk_key(id)).await {
-                        self.backend.put(&chunk_key(id), Bytes::from(repaired)).await?;
-                        self.cache.drop_chunk(id);
-                        metrics::counter!(crate::metrics::CHUNKS_REPAIRED).increment(1);
-                        warn!(chunk, %detail, "chunk with a damaged yEnc wrapping written anew");
-                    }
+                if self.transport == format::TRANSPORT_YENC
+                    && recovery::rewrap_if_damaged(&self.backend, id, Bytes::from(repaired)).await?
+                {
+                    self.cache.drop_chunk(id);
+                    metrics::counter!(crate::metrics::CHUNKS_REPAIRED).increment(1);
                 }
                 Ok(true)
             }
