@@ -41,11 +41,8 @@ fn data() -> Vec<u8> {
 /// Serve, write `data`, shut down cleanly (everything lands in chunks). Returns the server
 /// (stopped; its directory lives as long as it does) and the data directory.
 fn written(data: &[u8]) -> (Server, PathBuf) {
-    let mut s = Server::start(&FLAGS);
+    let s = Server::written(&FLAGS, data);
     let data_dir = s.dir().join("data");
-    s.copy_in(data, "in.img", true);
-    let (status, log) = s.terminate_within(std::time::Duration::from_secs(120));
-    assert!(status.success(), "clean shutdown failed:\n{log}");
     (s, data_dir)
 }
 

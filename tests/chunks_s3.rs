@@ -288,8 +288,7 @@ fn s3_par2_and_yenc_objects_repair_through_the_bucket() {
     let mut server = start(&flags);
     server.copy_in(&data, "in.img", true);
     // PAR2 of 1 MiB chunks takes seconds each in a debug build.
-    let (status, log) = server.terminate_within(Duration::from_secs(120));
-    assert!(status.success(), "{log}");
+    server.stop_within(Duration::from_secs(120));
     let chunks_dir = s3.root.path().join(BUCKET).join("vols").join("default").join("chunks");
     let mut names: Vec<String> = std::fs::read_dir(&chunks_dir)
         .expect("chunks in the bucket")
@@ -318,8 +317,7 @@ fn s3_par2_and_yenc_objects_repair_through_the_bucket() {
     std::fs::write(&victim, &bad).expect("damage the chunk");
     let mut server = start(&flags);
     assert_same_blocks("after repair", &server.copy_out(data.len()), &data);
-    let (status, log) = server.terminate_within(Duration::from_secs(120));
-    assert!(status.success(), "{log}");
+    let log = server.stop_within(Duration::from_secs(120));
     assert!(log.contains("damaged chunk repaired from its recovery object and written back"), "log:\n{log}");
     assert!(std::fs::read(&victim).expect("read chunk") == original, "the repair was not written back to the bucket");
 }

@@ -46,22 +46,14 @@ fn serve_on(data_dir: &Path, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// Clean shutdown; the server's directory lives on with `s`.
-fn stop(s: &mut Server) {
-    let (status, log) = s.terminate_within(Duration::from_secs(120));
-    assert!(status.success(), "clean shutdown failed:\n{log}");
-}
-
 #[test]
 fn every_object_is_a_yenc_file_that_sabctools_decodes_and_the_volume_reads_back() {
     if !require_tool("nbdcopy") || !require_sabctools() {
         return;
     }
     let want = data();
-    let mut first = Server::start(&FLAGS);
+    let first = Server::written(&FLAGS, &want);
     let data_dir = first.dir().join("data");
-    first.copy_in(&want, "in.img", true);
-    stop(&mut first);
     let objects = data_dir.join("volumes/default/objects");
     let all = files(&objects);
     let chunks: Vec<&PathBuf> =
@@ -104,7 +96,7 @@ fn every_object_is_a_yenc_file_that_sabctools_decodes_and_the_volume_reads_back(
     // A raw volume refuses --yenc rather than mix transports.
     let mut raw = Server::start(&["--size", "16M"]);
     let raw_dir = raw.dir().join("data");
-    stop(&mut raw);
+    raw.stop_within(Duration::from_secs(10));
     let out = run_capture(
         Command::new(env!("CARGO_BIN_EXE_spillway"))
             .args(["serve", "--listen", "127.0.0.1:0", "--yenc", "--data-dir"])
@@ -120,10 +112,8 @@ fn a_damaged_yenc_chunk_is_repaired_from_its_recovery_object() {
         return;
     }
     let want = data();
-    let mut first = Server::start(&FLAGS);
+    let first = Server::written(&FLAGS, &want);
     let data_dir = first.dir().join("data");
-    first.copy_in(&want, "in.img", true);
-    stop(&mut first);
     let victim = common::chunk_files(&data_dir.join("volumes/default")).remove(1).1;
     let original = std::fs::read(&victim).expect("read chunk");
     // Change body characters (not line ends or escapes): the yEnc CRC fails, and the
@@ -159,9 +149,7 @@ fn recover_rebuilds_from_a_yenc_backend_alone() {
     let bk = backend.path().to_string_lossy().into_owned();
     let mut flags = FLAGS.to_vec();
     flags.extend(["--backend", bk.as_str()]);
-    let mut first = Server::start(&flags);
-    first.copy_in(&want, "in.img", true);
-    stop(&mut first);
+    let _first = Server::written(&flags, &want);
     let fresh = tempfile::tempdir().expect("tempdir");
     let data_dir = fresh.path().join("data");
     let out = run_capture(

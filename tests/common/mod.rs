@@ -523,12 +523,28 @@ impl Server {
     /// SIGTERM, wait up to 10 s, assert the exit status is success; returns
     /// the stderr log.
     pub fn stop(mut self) -> String {
-        let (status, log) = self.terminate();
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// [`stop`](Self::stop) with another limit, keeping the server's directory (it lives
+    /// as long as `self`): a clean shutdown drains everything to the backend first.
+    pub fn stop_within(&mut self, limit: Duration) -> String {
+        let (status, log) = self.terminate_within(limit);
         assert!(
             status.success(),
             "server exited with {status} after SIGTERM (contract: exit 0)\n--- stderr ---\n{log}"
         );
         log
+    }
+
+    /// Start with `extra`, write `data` at the start of the default export with a FLUSH,
+    /// and shut down cleanly (everything lands in chunks). The stopped server keeps its
+    /// directory; the data directory is `dir()/data`.
+    pub fn written(extra: &[&str], data: &[u8]) -> Server {
+        let mut s = Server::start(extra);
+        s.copy_in(data, "in.img", true);
+        s.stop_within(Duration::from_secs(120));
+        s
     }
 }
 
