@@ -260,6 +260,10 @@ impl Volume {
             policy: SyncPolicy { durability: cfg.durability, interval: cfg.sync_interval, bytes: cfg.sync_bytes },
             volume_id: meta.volume_id,
             max_segments: cfg.max_wal_segments,
+            // Relaxed and async modes keep up to half the dirty budget of unflushed writes
+            // in memory, so overwrites cost no log space; the other half keeps writers
+            // moving while the held data is logged.
+            hold_bytes: (arena.capacity_bytes() / 2) as u64,
         };
         let writer = Writer::start(
             Arc::clone(&shared),
@@ -555,14 +559,16 @@ impl Volume {
                 let hi = (offset + data.len() as u64).min(block_start + BS);
                 let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
                 let at = (lo - block_start) as usize;
-                let mut whole = [0u8; BLOCK_SIZE];
-                if piece.len() < BLOCK_SIZE {
-                    if let Some(e) = edges.iter().find(|e| e.0 == b) {
-                        whole = e.1;
+                self.arena.write(slot, |d| {
+                    if piece.len() < BLOCK_SIZE {
+                        // A partial block: its old bytes around the piece (zeroes if none).
+                        match edges.iter().find(|e| e.0 == b) {
+                            Some(e) => d.copy_from_slice(&e.1),
+                            None => d.fill(0),
+                        }
                     }
-                }
-                whole[at..at + piece.len()].copy_from_slice(piece);
-                self.arena.write(slot, |d| d.copy_from_slice(&whole));
+                    d[at..at + piece.len()].copy_from_slice(piece);
+                });
                 slots.push(slot);
             }
             for (k, &slot) in slots.iter().enumerate() {

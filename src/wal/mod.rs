@@ -2,6 +2,7 @@
 //! policy, and replay.
 
 pub mod durability;
+pub mod hold;
 pub mod record;
 pub mod replay;
 pub mod segment;

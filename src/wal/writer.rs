@@ -13,6 +13,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use super::hold::Hold;
 use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN};
 use super::segment::{Segment, SegmentHeader, DATA_START};
 use super::{SyncPolicy, WalError};
@@ -38,7 +39,7 @@ pub struct Item {
     pub op: Op,
     /// Sync the batch holding this item (FUA).
     pub force_sync: bool,
-    lsn: u64,
+    pub(super) lsn: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +68,10 @@ pub struct WalConfig {
     pub volume_id: [u8; 16],
     /// Most segment files; past it, a roll waits for the spill to free one.
     pub max_segments: usize,
+    /// Relaxed and async modes: queued block data held back in memory up to this many
+    /// bytes until a FLUSH, FUA write or shutdown needs it logged ([`super::hold`]).
+    /// 0: log at once.
+    pub hold_bytes: u64,
 }
 
 /// The state shared by the volume and the writer thread.
@@ -222,6 +227,8 @@ pub struct Writer {
     /// running yet, so waiting at the segment bound would wait forever. That one segment
     /// may go past the bound.
     starting: bool,
+    /// Write-back holding (relaxed and async modes with `hold_bytes` > 0).
+    hold: Option<Hold>,
 }
 
 /// Where a record of the current batch went.
@@ -261,7 +268,12 @@ impl Writer {
             batch_items_metric: metrics::histogram!(crate::metrics::WAL_BATCH_ITEMS),
             sync_seconds_metric: metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS),
             starting: true,
+            hold: None,
         };
+        let holds = matches!(w.cfg.policy.durability, super::Durability::Relaxed | super::Durability::Async);
+        if holds && w.cfg.hold_bytes > 0 {
+            w.hold = Some(Hold::new(w.cfg.hold_bytes));
+        }
         *w.shared.durable_pos.lock() = prev;
         w.open_next()?;
         w.starting = false;
@@ -285,6 +297,7 @@ impl Writer {
                 }
                 (std::mem::take(&mut q.items), q.closing)
             };
+            let Some(items) = self.hold_back(items, closing) else { continue };
             let items = self.gather(items, closing);
             if !self.shared.is_poisoned() {
                 if let Err(e) = self.process(&items) {
@@ -305,6 +318,20 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Relaxed and async modes: hold the new items with those already held, and return
+    /// everything held once it must be logged (else `None`: wait for more).
+    fn hold_back(&mut self, items: Vec<Item>, closing: bool) -> Option<Vec<Item>> {
+        let Some(hold) = self.hold.as_mut() else { return Some(items) };
+        if items.is_empty() && hold.is_empty() {
+            return Some(items);
+        }
+        let trigger = closing || items.iter().any(|i| i.force_sync || matches!(i.op, Op::Sync));
+        for item in items {
+            hold.add(item, &self.shared);
+        }
+        hold.must_log(trigger).then(|| hold.take())
     }
 
     /// Group commit: when replies wait for this batch's sync (strict mode, FUA, FLUSH) and
