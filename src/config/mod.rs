@@ -49,7 +49,7 @@ pub fn resolve(config: Option<&Path>, flags: &SettingsArgs, root: &Path) -> Resu
     let choice = flags.profile.or(file_layer.profile).unwrap_or(ProfileChoice::Auto);
     let (profile, profile_reason) = Profile::choose(choice, &detected);
     let mut settings = Settings::default();
-    settings.apply(&profile.layer());
+    settings.apply(&profile.layer(detected.mem_total));
     settings.apply(&file_layer);
     settings.apply(flags);
     Ok(Resolved { settings, profile, profile_reason, detected, config_file })

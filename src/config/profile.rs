@@ -39,9 +39,10 @@ impl Profile {
 
     /// The settings this profile changes from the built-in defaults (which are the server
     /// profile). See docs/profiles.md for where each number comes from.
-    pub fn layer(self) -> SettingsArgs {
+    /// `mem_total`: the machine's memory, if known (the server profile scales with it).
+    pub fn layer(self, mem_total: Option<u64>) -> SettingsArgs {
         match self {
-            Profile::Server => SettingsArgs::default(),
+            Profile::Server => SettingsArgs { max_dirty: mem_total.map(server_max_dirty), ..SettingsArgs::default() },
             Profile::JetsonSd => SettingsArgs {
                 // The doctor's rule (20 x fdatasync, docs/profiles.md) applied to the
                 // 10 ms-per-sync emulation of an SD card.
@@ -122,9 +123,27 @@ pub fn judge_data_dir(fs: &FsKind) -> DirVerdict {
     }
 }
 
+/// The server profile's dirty budget: a sixteenth of the memory, from the built-in 128 MiB
+/// up to 2 GiB. Relaxed and async modes hold up to half of it in memory as a write-back
+/// cache (`src/wal/hold.rs`), so a volume rewritten in place costs no log space; the
+/// kernel's own page cache lets dirty data grow to a fifth of the memory by default.
+pub fn server_max_dirty(mem_total: u64) -> u64 {
+    (mem_total / 16).clamp(128 << 20, 2 << 30) & !((4 << 20) - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_dirty_budget_is_a_sixteenth_of_memory_within_bounds() {
+        assert_eq!(server_max_dirty(1 << 30), 128 << 20, "small machines keep the floor");
+        assert_eq!(server_max_dirty(8 << 30), 512 << 20);
+        assert_eq!(server_max_dirty(24_000_000_000), 1428 << 20, "rounded down to whole 4 MiB slabs");
+        assert_eq!(server_max_dirty(1 << 40), 2 << 30, "and capped");
+        assert_eq!(Profile::Server.layer(None).max_dirty, None, "unknown memory: the built-in default");
+        assert_eq!(Profile::JetsonSd.layer(Some(64 << 30)).max_dirty, Some(48 << 20), "a Jetson keeps its own");
+    }
 
     #[test]
     fn explicit_choices_are_kept() {

@@ -90,7 +90,8 @@ pub struct SettingsArgs {
     pub recovery_mode: Option<RecoveryMode>,
 
     /// Memory for written data not yet in the WAL; writers wait at this bound (at least
-    /// 40M). [default: 128M; the profile may change it]
+    /// 40M). Relaxed and async modes hold up to half of it as a write-back cache.
+    /// [default: 128M; the server profile takes 1/16 of the memory, up to 2G]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub max_dirty: Option<u64>,
@@ -535,10 +536,12 @@ mod tests {
     fn every_profile_gives_settings_the_engine_accepts() {
         use crate::config::profile::Profile;
         for p in [Profile::Server, Profile::Wsl, Profile::JetsonSd] {
-            let mut s = Settings::default();
-            s.apply(&p.layer());
-            if let Err(e) = s.volume_config().validate() {
-                panic!("profile {}: {e}", p.name());
+            for mem in [None, Some(1 << 30), Some(4 << 30), Some(24 << 30), Some(1 << 40)] {
+                let mut s = Settings::default();
+                s.apply(&p.layer(mem));
+                if let Err(e) = s.volume_config().validate() {
+                    panic!("profile {} with {mem:?} bytes of memory: {e}", p.name());
+                }
             }
         }
     }
