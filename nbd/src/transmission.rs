@@ -29,6 +29,8 @@ const MAX_BATCH: usize = 64;
 /// Budget charged per request on top of its payload, which bounds the number in flight
 /// (refused requests included: their error replies wait in memory too).
 const REQUEST_OVERHEAD: u32 = 1024;
+/// The connection's receive buffer.
+const READ_BUFFER: usize = 128 << 10;
 /// Requests with a payload this large or larger always run as their own task.
 const INLINE_MAX: u32 = 256 << 10;
 /// Once the reader has stopped, how long unsent replies may take to go out: shorter when
@@ -103,7 +105,7 @@ enum Job {
     Status { offset: u64, len: u32, req_one: bool },
 }
 
-pub(crate) async fn run<D, R, W>(server: Arc<Server<D>>, neg: Negotiated, mut r: R, w: W) -> Result<(), ConnError>
+pub(crate) async fn run<D, R, W>(server: Arc<Server<D>>, neg: Negotiated, r: R, w: W) -> Result<(), ConnError>
 where
     D: BlockDevice,
     R: AsyncRead + Unpin + Send + 'static,
@@ -125,6 +127,9 @@ where
     let dead = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(w, rx, Arc::clone(&dead)));
     let mut stop = server.shutdown_signal();
+    // Pipelined requests arrive back to back: one receive takes many headers and small
+    // payloads at once. A payload larger than the buffer is read straight into its own.
+    let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER, r);
 
     let result: Result<(), ConnError> = loop {
         let mut hdr = [0u8; REQUEST_HEADER_LEN];
