@@ -28,14 +28,16 @@ impl SlotId {
     }
 }
 
-struct Slot {
-    data: RwLock<[u8; BLOCK_SIZE]>,
-    refs: AtomicU32,
+/// One slab: the blocks, and their reference counts packed apart from them, so that
+/// counting touches a few dense cache lines rather than one beside each 4 KiB block.
+struct Slab {
+    data: Box<[RwLock<[u8; BLOCK_SIZE]>]>,
+    refs: Box<[AtomicU32]>,
 }
 
 /// The slab allocator.
 pub struct Arena {
-    slabs: Box<[OnceLock<Box<[Slot]>>]>,
+    slabs: Box<[OnceLock<Slab>]>,
     free: Mutex<Vec<SlotId>>,
     /// Slabs created so far.
     created: Mutex<usize>,
@@ -69,7 +71,7 @@ impl Arena {
             Some(id) => id,
             None => self.grow()?,
         };
-        self.slot(id).refs.store(refs, Ordering::Release);
+        self.refs(id).store(refs, Ordering::Release);
         Ok(id)
     }
 
@@ -84,8 +86,10 @@ impl Arena {
         if n == self.slabs.len() {
             return Err(ArenaFull(n));
         }
-        let slab: Box<[Slot]> =
-            (0..SLOTS_PER_SLAB).map(|_| Slot { data: RwLock::new([0; BLOCK_SIZE]), refs: AtomicU32::new(0) }).collect();
+        let slab = Slab {
+            data: (0..SLOTS_PER_SLAB).map(|_| RwLock::new([0; BLOCK_SIZE])).collect(),
+            refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect(),
+        };
         let _ = self.slabs[n].set(slab);
         *created = n + 1;
         let mut free = self.free.lock();
@@ -93,26 +97,33 @@ impl Arena {
         Ok(SlotId::new(n, 0))
     }
 
-    fn slot(&self, id: SlotId) -> &Slot {
-        let slab = self.slabs[id.slab()].get().expect("slot ids only come from created slabs");
-        &slab[id.idx()]
+    fn slab(&self, id: SlotId) -> &Slab {
+        self.slabs[id.slab()].get().expect("slot ids only come from created slabs")
+    }
+
+    fn refs(&self, id: SlotId) -> &AtomicU32 {
+        &self.slab(id).refs[id.idx()]
+    }
+
+    fn data(&self, id: SlotId) -> &RwLock<[u8; BLOCK_SIZE]> {
+        &self.slab(id).data[id.idx()]
     }
 
     /// Drop one reference; the slot is reused once none are left.
     pub fn release(&self, id: SlotId) {
-        if self.slot(id).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.refs(id).fetch_sub(1, Ordering::AcqRel) == 1 {
             self.free.lock().push(id);
         }
     }
 
     /// Read access to a slot's bytes.
     pub fn read(&self, id: SlotId) -> RwLockReadGuard<'_, [u8; BLOCK_SIZE]> {
-        self.slot(id).data.read()
+        self.data(id).read()
     }
 
     /// Fill a slot.
     pub fn write(&self, id: SlotId, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) {
-        f(&mut self.slot(id).data.write());
+        f(&mut self.data(id).write());
     }
 
     /// Bytes in slabs created so far.

@@ -57,10 +57,14 @@ impl Hold {
         if let Op::Data { block, slots, .. } = &item.op {
             live = slots.len();
             self.live_bytes += (live * BLOCK_SIZE) as u64;
+            let mut freed = 0;
             for k in 0..slots.len() as u64 {
                 if let Some(old) = self.newest.insert(block + k, at) {
-                    self.kill(old, block + k, shared);
+                    freed += self.kill(old, block + k, shared);
                 }
+            }
+            if freed > 0 {
+                shared.give_dirty(freed);
             }
         }
         if matches!(item.op, Op::Zero { .. }) {
@@ -84,27 +88,28 @@ impl Hold {
         }
     }
 
-    /// The held version of `block` in item `at` is replaced: give back its slot reference
-    /// and dirty budget, and the whole item once none of its blocks is left.
-    fn kill(&mut self, at: usize, block: u64, shared: &Shared) {
-        let Some(h) = self.items[at].as_mut() else { return };
-        let Op::Data { block: first, slots, .. } = &h.item.op else { return };
+    /// The held version of `block` in item `at` is replaced: give back its slot reference,
+    /// and the whole item once none of its blocks is left. Returns the dirty budget freed,
+    /// for the caller to give back.
+    fn kill(&mut self, at: usize, block: u64, shared: &Shared) -> usize {
+        let Some(h) = self.items[at].as_mut() else { return 0 };
+        let Op::Data { block: first, slots, .. } = &h.item.op else { return 0 };
         let k = (block - first) as usize;
         if h.dead.is_empty() {
             h.dead = vec![false; slots.len()];
         }
         if h.dead[k] {
-            return;
+            return 0;
         }
         h.dead[k] = true;
         shared.arena.release(slots[k]);
-        shared.give_dirty(BLOCK_SIZE);
         self.live_bytes -= BLOCK_SIZE as u64;
         h.live -= 1;
         if h.live == 0 {
             self.items[at] = None;
             self.present -= 1;
         }
+        BLOCK_SIZE
     }
 
     /// Must the held items be logged now? `trigger` is set when the new items asked for it
