@@ -249,15 +249,22 @@ impl Spiller {
         let crowded = open * 2 >= self.max_segments;
         if target > st.pos {
             let since = *st.behind_since.get_or_insert_with(Instant::now);
-            if urgent || crowded || target.0 > st.pos.0 || since.elapsed() >= self.cfg.spill_age {
-                // A sealed segment, an old tail, or someone waiting: spill up to the synced end.
-                // Whole sealed segments go first; the open one only when asked or old.
-                let to = if urgent || since.elapsed() >= self.cfg.spill_age || target.0 == st.pos.0 {
-                    target
-                } else {
-                    (target.0, 0)
-                };
-                self.spill_to(&mut st, to).await?;
+            if urgent || since.elapsed() >= self.cfg.spill_age {
+                // Someone waiting, or an old tail: spill up to the synced end.
+                self.spill_to(&mut st, target).await?;
+            } else {
+                // Otherwise the sealed segments stay in the WAL until they pass the high-water
+                // mark, and then only the oldest go. A block rewritten meanwhile has its newer
+                // version durable later in the WAL, and its older one is not spilled at all:
+                // a working set rewritten in place costs no chunk space.
+                while target.0.saturating_sub(st.pos.0) > self.high_water() {
+                    let before = st.pos;
+                    let next = (st.pos.0 + 1, 0);
+                    self.spill_to(&mut st, next).await?;
+                    if st.pos == before {
+                        break;
+                    }
+                }
             }
         }
         if !urgent {
@@ -281,6 +288,12 @@ impl Spiller {
             self.write_manifest(&mut st).await?;
         }
         Ok(())
+    }
+
+    /// Sealed segments kept unspilled at most (without an urgent or aged spill): three
+    /// quarters of the WAL bound, leaving room for the writer while the oldest spill.
+    fn high_water(&self) -> u64 {
+        (self.max_segments as u64 * 3 / 4).max(1)
     }
 
     /// Spill records from the spill position up to `to` (a `(segment, 0)` target means up to

@@ -171,8 +171,8 @@ pub struct SettingsArgs {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub chunk_size: Option<u64>,
 
-    /// Synced data older than this goes to the backend even if its WAL segment is not
-    /// full. [default: 30s]
+    /// Synced data older than this goes to the backend; younger data waits in the WAL
+    /// until three quarters of --max-wal is sealed and unspilled. [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub spill_age: Option<Duration>,
