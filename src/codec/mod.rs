@@ -1,10 +1,11 @@
 //! Frame codecs: how each chunk frame is compressed. The chunk header records the codec, so
 //! a volume written with one codec always reads back after the default changes.
+//!
+//! The kernels (GF(2^16), PAR2, yEnc and the SIMD kinds) live in the `spillway-kernels`
+//! crate (`kernels/`), which builds without the rest of spillway; they are re-exported here
+//! so the rest of spillway names them `codec::gf16` and so on.
 
-pub mod gf16;
-pub mod par2;
-pub mod simd;
-pub mod yenc;
+pub use spillway_kernels::{gf16, par2, simd, yenc};
 
 use std::fmt;
 use std::str::FromStr;

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 pub use field::{div, exp2, inv, mul, pow};
 pub use tables::NibbleTables;
 
-pub use crate::codec::simd::KernelKind;
+pub use crate::simd::KernelKind;
 
 /// A region kernel this CPU can run. Only [`Kernel::get`], [`Kernel::best`] and
 /// [`Kernel::available`] make one, and they check the CPU first, so calling it is safe.

@@ -4,7 +4,7 @@ use super::layout::{coefficient_log, input_logs, Par2Params};
 use super::packet::{self, Hash, TYPE_CREATOR, TYPE_FILE_DESC, TYPE_IFSC, TYPE_MAIN, TYPE_RECV_SLICE};
 use super::packets::{file_id, FileDesc, Ifsc, Main};
 use super::Par2Error;
-use crate::codec::gf16::Kernel;
+use crate::gf16::Kernel;
 use md5::{Digest, Md5};
 
 /// The Creator packet's text (no version in it, so the pinned bytes stay put across releases).

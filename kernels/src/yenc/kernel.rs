@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use super::{frame, scalar, Decoded, YencError, LINE_LEN};
 
-pub use crate::codec::simd::KernelKind;
+pub use crate::simd::KernelKind;
 
 /// A body kernel this CPU can run; made only after checking the CPU, so calling it is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

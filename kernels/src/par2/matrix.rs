@@ -1,6 +1,6 @@
 //! Gauss-Jordan inversion of a square matrix over GF(2^16).
 
-use crate::codec::gf16::{inv, mul};
+use crate::gf16::{inv, mul};
 
 /// The inverse of the square matrix `m` (rows), or `None` when it is singular.
 pub fn invert(mut m: Vec<Vec<u16>>) -> Option<Vec<Vec<u16>>> {
@@ -35,7 +35,7 @@ pub fn invert(mut m: Vec<Vec<u16>>) -> Option<Vec<Vec<u16>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::gf16::pow;
+    use crate::gf16::pow;
 
     fn product(a: &[Vec<u16>], b: &[Vec<u16>]) -> Vec<Vec<u16>> {
         let n = a.len();

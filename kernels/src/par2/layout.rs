@@ -1,7 +1,7 @@
 //! How a file is cut into slices, and the Reed-Solomon constants of each slice.
 
 use super::Par2Error;
-use crate::codec::gf16::{exp2, field::ORDER};
+use crate::gf16::{exp2, field::ORDER};
 
 /// Most input slices one recovery set can hold: the exponents coprime to 65535.
 pub const MAX_SOURCE_SLICES: u64 = 32768;

@@ -21,6 +21,20 @@ fn tricky(len: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
+fn the_best_kernel_is_a_simd_one_where_the_cpu_has_it() {
+    // Under qemu-aarch64 (scripts/test-aarch64) this is what makes sure the every-kernel
+    // tests below run the NEON kernel, not only the scalar one.
+    let best = Kernel::best().kind();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt") {
+        assert_eq!(best, KernelKind::Avx2);
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(best, KernelKind::Neon);
+    eprintln!("yenc kernels here: {:?}", Kernel::available());
+}
+
+#[test]
 fn encodes_the_escape_rules() {
     // 214+42 = 0 (NUL), 224+42 = LF, 227+42 = CR, 19+42 = '=': always escaped (+64).
     let mut out = Vec::new();

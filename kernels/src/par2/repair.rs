@@ -8,7 +8,7 @@ use super::matrix::invert;
 use super::packet;
 use super::set::RecoverySet;
 use super::Par2Error;
-use crate::codec::gf16::{exp2, Kernel};
+use crate::gf16::{exp2, Kernel};
 
 /// What [`verify_and_repair`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

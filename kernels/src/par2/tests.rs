@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use super::layout::input_constants;
 use super::packet::{scan, TYPE_RECV_SLICE};
 use super::*;
-use crate::codec::gf16::{mul, pow};
+use crate::gf16::{mul, pow};
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

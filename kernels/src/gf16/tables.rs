@@ -73,7 +73,7 @@ mod tests {
         for c in [0u16, 1, 2, 3, 0x100B, 0x8000, 0xFFFF, 0x1234] {
             let t = NibbleTables::new(c);
             assert_eq!(t.coefficient(), c);
-            if let Some(l) = crate::codec::gf16::field::log2(c) {
+            if let Some(l) = crate::gf16::field::log2(c) {
                 assert_eq!(NibbleTables::from_log(l + 65535), t);
             }
             for w in (0..=u16::MAX).step_by(7).chain([u16::MAX]) {
