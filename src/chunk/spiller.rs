@@ -256,7 +256,10 @@ impl Spiller {
                 // Otherwise the sealed segments stay in the WAL until they pass the high-water
                 // mark, and then only the oldest go. A block rewritten meanwhile has its newer
                 // version durable later in the WAL, and its older one is not spilled at all:
-                // a working set rewritten in place costs no chunk space.
+                // a working set rewritten in place costs no chunk space. The spiller is still
+                // behind after these, so its age clock keeps running: an aged spill still
+                // comes `spill_age` after it fell behind, however busy the WAL stays.
+                let behind_since = st.behind_since;
                 while target.0.saturating_sub(st.pos.0) > self.high_water() {
                     let before = st.pos;
                     let next = (st.pos.0 + 1, 0);
@@ -264,6 +267,9 @@ impl Spiller {
                     if st.pos == before {
                         break;
                     }
+                }
+                if target > st.pos {
+                    st.behind_since = behind_since;
                 }
             }
         }
