@@ -118,10 +118,6 @@ impl Hold {
         trigger || self.live_bytes >= self.limit || self.tombstones >= MAX_TOMBSTONES
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Everything held, in queue order; a data item with replaced blocks becomes one item
     /// per run of blocks still needed (same sequence number and log position).
     pub fn take(&mut self) -> Vec<Item> {
@@ -226,7 +222,7 @@ mod tests {
         let out = hold.take();
         // a's blocks 10 and 13 stay, as two runs with a's sequence number and position.
         assert_eq!(runs(&out), vec![(1, 10, 1, 1), (1, 13, 1, 1), (2, 11, 2, 2), (4, 20, 1, 4)]);
-        assert!(hold.is_empty());
+        assert!(hold.items.is_empty());
         // The three replaced slots are free again: a one-slab arena has exactly that many
         // to give beyond what the live items hold.
         let live: usize = out.iter().map(|i| if let Op::Data { slots, .. } = &i.op { slots.len() } else { 0 }).sum();

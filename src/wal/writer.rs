@@ -324,9 +324,6 @@ impl Writer {
     /// everything held once it must be logged (else `None`: wait for more).
     fn hold_back(&mut self, items: Vec<Item>, closing: bool) -> Option<Vec<Item>> {
         let Some(hold) = self.hold.as_mut() else { return Some(items) };
-        if items.is_empty() && hold.is_empty() {
-            return Some(items);
-        }
         let trigger = closing || items.iter().any(|i| i.force_sync || matches!(i.op, Op::Sync));
         for item in items {
             hold.add(item, &self.shared);
