@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::settings::SettingsArgs;
-use crate::units::parse_duration;
+use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
 #[command(name = "spillway", version, about = "A userspace virtual block device served over NBD")]
@@ -185,6 +185,12 @@ pub struct ServeArgs {
     /// (an SD card, WSL2's 9p).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub inject_sync_latency: Option<Duration>,
+
+    /// Benchmarks only: emulate a device that writes this many bytes per second (e.g. 20M
+    /// for an SD card): every WAL sync also waits as long as the bytes written since the
+    /// last sync take at this rate.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub inject_write_bandwidth: Option<u64>,
 
     /// Tests only: read /proc and /sys below this directory instead of /, to fake a
     /// platform for detection (docs/profiles.md).

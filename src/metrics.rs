@@ -35,6 +35,11 @@ pub const WAL_BATCH_BYTES: &str = "spillway_wal_batch_bytes";
 pub const WAL_BATCH_ITEMS: &str = "spillway_wal_batch_items";
 /// Time one WAL fdatasync took, in seconds.
 pub const WAL_SYNC_SECONDS: &str = "spillway_wal_sync_seconds";
+/// Writes (one `pwrite` each) the WAL writer made to its segment files.
+pub const WAL_WRITES: &str = "spillway_wal_writes_total";
+/// Bytes the WAL writer wrote to its segment files: records, headers and padding, so
+/// that over `spillway_nbd_bytes_total{op="write"}` it is the log's write amplification.
+pub const WAL_WRITTEN_BYTES: &str = "spillway_wal_written_bytes_total";
 /// Written data held in memory and not yet written to the WAL (bounded by `--max-dirty`),
 /// across all exports.
 pub const DIRTY_BYTES: &str = "spillway_dirty_bytes";

@@ -30,6 +30,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 struct Run {
     s: Settings,
     inject_sync_latency: Option<Duration>,
+    inject_write_bandwidth: Option<u64>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -61,7 +62,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("spillway")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(Run { s: r.settings, inject_sync_latency: args.inject_sync_latency }))
+    rt.block_on(serve(Run {
+        s: r.settings,
+        inject_sync_latency: args.inject_sync_latency,
+        inject_write_bandwidth: args.inject_write_bandwidth,
+    }))
 }
 
 /// A directory name for an export: safe characters as they are, anything else hex-encoded.
@@ -98,14 +103,19 @@ async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
     }
     let names = if args.exports.is_empty() { vec!["default".to_owned()] } else { args.exports.clone() };
     distinct_dirs(&names)?;
-    let fs: Arc<dyn FileSystem> = match run.inject_sync_latency {
-        Some(d) => {
-            let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
+    let fs: Arc<dyn FileSystem> = if run.inject_sync_latency.is_some() || run.inject_write_bandwidth.is_some() {
+        let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
+        if let Some(d) = run.inject_sync_latency {
             *faults.sync_latency.lock() = d;
             warn!("benchmark mode: every sync takes {d:?} longer");
-            Arc::new(fs)
         }
-        None => Arc::new(StdFs),
+        if let Some(bw) = run.inject_write_bandwidth {
+            faults.write_bandwidth.store(bw, std::sync::atomic::Ordering::SeqCst);
+            warn!("benchmark mode: every sync also waits for the bytes written since the last one at {bw} bytes/s");
+        }
+        Arc::new(fs)
+    } else {
+        Arc::new(StdFs)
     };
     let mut out = Vec::with_capacity(names.len());
     for name in names {

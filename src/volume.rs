@@ -56,6 +56,10 @@ pub struct VolumeConfig {
     pub segment_bytes: u64,
     /// WAL writes are padded to this boundary. Default: 4096.
     pub wal_align: u64,
+    /// Batched mode: writes wait in memory until this much is queued (or the sync interval
+    /// is up, or a FLUSH or FUA write comes) and go to the WAL in one append. 0: each batch
+    /// is appended at once. Default: 0.
+    pub wal_append: u64,
     /// Memory for data not yet written to the WAL; writers wait at the bound. Default: 128 MiB.
     pub max_dirty_bytes: usize,
     /// Shards of the block index. Default: 16.
@@ -102,6 +106,7 @@ impl Default for VolumeConfig {
             sync_bytes: 16 << 20,
             segment_bytes: 32 << 20,
             wal_align: 4096,
+            wal_append: 0,
             max_dirty_bytes: 128 << 20,
             index_shards: 16,
             recovery: RecoveryMode::TolerateTail,
@@ -140,6 +145,12 @@ impl VolumeConfig {
         }
         if self.sync_bytes == 0 || self.sync_interval.is_zero() {
             return bad("sync_bytes and sync_interval must be greater than zero".into());
+        }
+        if self.wal_append > self.sync_bytes || self.wal_append > (self.max_dirty_bytes / 2) as u64 {
+            return bad(format!(
+                "wal_append {} must be at most sync_bytes ({}) and half of max_dirty ({})",
+                self.wal_append, self.sync_bytes, self.max_dirty_bytes
+            ));
         }
         if self.max_wal_segments < 3 {
             return bad(format!("max_wal_segments {} must be at least 3", self.max_wal_segments));
@@ -262,8 +273,12 @@ impl Volume {
             max_segments: cfg.max_wal_segments,
             // Relaxed and async modes keep up to half the dirty budget of unflushed writes
             // in memory, so overwrites cost no log space; the other half keeps writers
-            // moving while the held data is logged.
-            hold_bytes: (arena.capacity_bytes() / 2) as u64,
+            // moving while the held data is logged. Batched mode gathers `wal_append`.
+            hold_bytes: match cfg.durability {
+                Durability::Strict => 0,
+                Durability::Batched => cfg.wal_append,
+                Durability::Relaxed | Durability::Async => (arena.capacity_bytes() / 2) as u64,
+            },
         };
         let writer = Writer::start(
             Arc::clone(&shared),

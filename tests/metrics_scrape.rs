@@ -100,6 +100,13 @@ fn metrics_move_with_a_workload() {
     assert!(value(&after, "spillway_wal_batch_items_sum") >= value(&after, write), "WAL batch items\n{after}");
     assert!(value(&after, "spillway_wal_sync_seconds_count") >= 1.0, "no WAL sync timed\n{after}");
     assert!(value(&after, "spillway_wal_sync_seconds_sum") > 0.0, "WAL syncs took no time\n{after}");
+    // Every batch's bytes went out in WAL writes; the counters agree with the histogram.
+    assert!(value(&after, "spillway_wal_writes_total") >= 1.0, "no WAL write counted\n{after}");
+    assert_eq!(
+        value(&after, "spillway_wal_written_bytes_total"),
+        value(&after, "spillway_wal_batch_bytes_sum"),
+        "WAL written bytes\n{after}"
+    );
     // Two client runs (nbdcopy in and out, each with one or more connections).
     assert!(value(&after, "spillway_connections_accepted_total") >= 2.0, "connections accepted\n{after}");
 

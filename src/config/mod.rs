@@ -69,6 +69,7 @@ mod tests {
         "force",
         // Benchmarks only.
         "inject-sync-latency",
+        "inject-write-bandwidth",
         // Tests only (hidden).
         "detect-root",
         "help",

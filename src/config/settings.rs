@@ -107,6 +107,14 @@ pub struct SettingsArgs {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub wal_align: Option<u64>,
 
+    /// Batched mode: writes wait in memory until this much is queued (or --sync-interval is
+    /// up, or a FLUSH or FUA write comes) and reach the WAL in one large append (at most
+    /// --sync-bytes and half of --max-dirty; 0: append each batch at once).
+    /// [default: 0; the profile may change it]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
+    pub wal_append: Option<u64>,
+
     /// Where chunk objects live: s3://BUCKET/PREFIX (credentials and region from the
     /// AWS_* environment variables), or a directory. [default: DATA_DIR/volumes/NAME/objects]
     #[arg(long, value_name = "URL")]
@@ -233,6 +241,7 @@ pub struct Settings {
     pub max_dirty: u64,
     pub wal_segment_size: u64,
     pub wal_align: u64,
+    pub wal_append: u64,
     pub backend: Option<String>,
     pub s3_endpoint: Option<String>,
     pub codec: Compression,
@@ -269,6 +278,7 @@ impl Default for Settings {
             max_dirty: 128 << 20,
             wal_segment_size: 32 << 20,
             wal_align: 4096,
+            wal_append: 0,
             backend: None,
             s3_endpoint: None,
             codec: Compression::Lz4,
@@ -318,6 +328,7 @@ impl Settings {
         set(&mut self.max_dirty, &l.max_dirty);
         set(&mut self.wal_segment_size, &l.wal_segment_size);
         set(&mut self.wal_align, &l.wal_align);
+        set(&mut self.wal_append, &l.wal_append);
         if l.backend.is_some() {
             self.backend.clone_from(&l.backend);
         }
@@ -352,6 +363,7 @@ impl Settings {
             sync_bytes: self.sync_bytes,
             segment_bytes: self.wal_segment_size,
             wal_align: self.wal_align,
+            wal_append: self.wal_append,
             max_dirty_bytes: usize::try_from(self.max_dirty).unwrap_or(usize::MAX),
             recovery: self.recovery_mode,
             max_wal_segments: usize::try_from(self.max_wal / self.wal_segment_size.max(1)).unwrap_or(usize::MAX),
@@ -388,6 +400,7 @@ impl Settings {
             max_dirty: Some(self.max_dirty),
             wal_segment_size: Some(self.wal_segment_size),
             wal_align: Some(self.wal_align),
+            wal_append: Some(self.wal_append),
             backend: self.backend.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
             codec: Some(self.codec),

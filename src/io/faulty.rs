@@ -1,5 +1,6 @@
 //! A file-system wrapper that counts calls and injects latency and failures. Used by tests,
-//! and by `serve --inject-sync-latency` to emulate slow storage in benchmarks.
+//! and by `serve --inject-sync-latency` / `--inject-write-bandwidth` to emulate slow
+//! storage in benchmarks.
 
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,11 @@ pub struct Faults {
     pub fail_writes: AtomicBool,
     /// Added to every `sync_data`.
     pub sync_latency: Mutex<Duration>,
+    /// Bytes per second the emulated device writes at: a `sync_data` also waits as long
+    /// as the bytes written since the last sync take at this rate (0: no limit).
+    pub write_bandwidth: AtomicU64,
+    /// Bytes written since the last `sync_data` (any file).
+    unsynced: AtomicU64,
 }
 
 impl Faults {
@@ -62,6 +68,7 @@ impl File for FaultyFile {
         }
         let n: usize = bufs.iter().map(|b| b.len()).sum();
         self.faults.bytes_written.fetch_add(n as u64, Ordering::SeqCst);
+        self.faults.unsynced.fetch_add(n as u64, Ordering::SeqCst);
         self.inner.write_all_vectored_at(bufs, offset)
     }
 
@@ -71,7 +78,12 @@ impl File for FaultyFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
-        let delay = *self.faults.sync_latency.lock();
+        let mut delay = *self.faults.sync_latency.lock();
+        let unsynced = self.faults.unsynced.swap(0, Ordering::SeqCst);
+        let bandwidth = self.faults.write_bandwidth.load(Ordering::SeqCst);
+        if bandwidth > 0 {
+            delay += Duration::from_secs_f64(unsynced as f64 / bandwidth as f64);
+        }
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
@@ -116,5 +128,28 @@ impl FileSystem for FaultyFs {
     fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.faults.syncs.fetch_add(2, Ordering::SeqCst);
         self.inner.write_file_atomic(path, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::io::std_fs::StdFs;
+
+    #[test]
+    fn a_sync_waits_for_the_bytes_written_since_the_last_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (fs, faults) = FaultyFs::new(Arc::new(StdFs));
+        faults.write_bandwidth.store(1 << 20, Ordering::SeqCst); // 1 MiB/s
+        let f = fs.open(&dir.path().join("f"), true).expect("open");
+        f.write_all_vectored_at(&[IoSlice::new(&[7u8; 100 << 10])], 0).expect("write");
+        let started = Instant::now();
+        f.sync_data().expect("sync");
+        // 100 KiB at 1 MiB/s: the emulation sleeps at least ~98 ms (a lower bound).
+        assert!(started.elapsed() >= Duration::from_millis(95), "{:?}", started.elapsed());
+        assert_eq!(faults.unsynced.load(Ordering::SeqCst), 0, "the sync consumed the bytes written");
+        assert_eq!(faults.syncs(), 1);
     }
 }

@@ -1,16 +1,19 @@
-//! Write-back holding, for the relaxed and async modes: queued writes wait in memory
-//! until something needs them in the log (a FLUSH, a FUA write, memory pressure, shutdown).
-//! A block written again while its older version waits here is logged once, newest
-//! version only: the older version's memory and dirty budget go back at once.
+//! Write-back holding: queued writes wait in memory until something needs them in the log
+//! (a FLUSH, a FUA write, the size limit, shutdown, and in batched mode the sync interval).
+//! Relaxed and async modes hold up to half the dirty budget; batched mode holds up to
+//! `wal_append` bytes for at most one sync interval, so its appends are large. A block
+//! written again while its older version waits here is logged once, newest version only:
+//! the older version's memory and dirty budget go back at once.
 //!
 //! Why dropping the older version keeps every promise: a held item's reply promised
-//! nothing durable (relaxed and async reply at once, and a FUA write or a FLUSH makes the
+//! nothing durable (batched, relaxed and async reply at once, and a FUA write or a FLUSH makes the
 //! writer log everything held). Everything held is logged in one batch, in queue order,
 //! and that batch's sync is published only after all of it is written, so a FLUSH that
 //! came between the two versions is answered only once the newer one is durable, which a
 //! read would return anyway.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::record::BLOCK_SIZE;
 use super::writer::{Item, Op, Shared};
@@ -40,11 +43,35 @@ pub struct Hold {
     live_bytes: u64,
     /// Held block data past which everything is logged.
     limit: u64,
+    /// Longest an item may be held (batched mode: the sync interval), and when the oldest
+    /// item now held came.
+    max_age: Option<Duration>,
+    since: Option<Instant>,
 }
 
 impl Hold {
-    pub fn new(limit: u64) -> Self {
-        Self { items: Vec::new(), present: 0, tombstones: 0, newest: HashMap::default(), live_bytes: 0, limit }
+    pub fn new(limit: u64, max_age: Option<Duration>) -> Self {
+        Self {
+            items: Vec::new(),
+            present: 0,
+            tombstones: 0,
+            newest: HashMap::default(),
+            live_bytes: 0,
+            limit,
+            max_age,
+            since: None,
+        }
+    }
+
+    /// When the oldest item now held came (`None`: nothing held).
+    pub fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
+    /// When the held items must be logged at the latest (`None`: no age bound, or nothing
+    /// held).
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(self.since? + self.max_age?)
     }
 
     /// Hold `item`; a data item releases the older held versions of its blocks.
@@ -52,6 +79,7 @@ impl Hold {
         if self.items.len() >= 2 * self.present + 1024 {
             self.compact();
         }
+        self.since.get_or_insert_with(Instant::now);
         let at = self.items.len();
         let mut live = 0;
         if let Op::Data { block, slots, .. } = &item.op {
@@ -115,12 +143,16 @@ impl Hold {
     /// Must the held items be logged now? `trigger` is set when the new items asked for it
     /// (a barrier or a FUA write) or the writer is closing.
     pub fn must_log(&self, trigger: bool) -> bool {
-        trigger || self.live_bytes >= self.limit || self.tombstones >= MAX_TOMBSTONES
+        trigger
+            || self.live_bytes >= self.limit
+            || self.tombstones >= MAX_TOMBSTONES
+            || self.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Everything held, in queue order; a data item with replaced blocks becomes one item
     /// per run of blocks still needed (same sequence number and log position).
     pub fn take(&mut self) -> Vec<Item> {
+        self.since = None;
         self.newest.clear();
         self.live_bytes = 0;
         self.present = 0;
@@ -207,7 +239,7 @@ mod tests {
     #[test]
     fn a_rewritten_block_is_logged_once_and_its_memory_goes_back_at_once() {
         let mut r = Rig::new();
-        let mut hold = Hold::new(1 << 30);
+        let mut hold = Hold::new(1 << 30, None);
         let a = r.data(1, 10, 4); // blocks 10..14
         hold.add(a, &r.shared);
         let b = r.data(2, 11, 2); // replaces 11 and 12
@@ -237,7 +269,7 @@ mod tests {
     #[test]
     fn barriers_and_tombstones_keep_their_place() {
         let mut r = Rig::new();
-        let mut hold = Hold::new(1 << 30);
+        let mut hold = Hold::new(1 << 30, None);
         let a = r.data(1, 5, 1);
         hold.add(a, &r.shared);
         r.lsn += 1;
@@ -255,7 +287,7 @@ mod tests {
     #[test]
     fn the_limit_and_the_tombstone_bound_ask_for_logging() {
         let mut r = Rig::new();
-        let mut hold = Hold::new(2 * BLOCK_SIZE as u64);
+        let mut hold = Hold::new(2 * BLOCK_SIZE as u64, None);
         let a = r.data(1, 0, 1);
         hold.add(a, &r.shared);
         assert!(!hold.must_log(false));
@@ -276,9 +308,30 @@ mod tests {
     }
 
     #[test]
+    fn an_age_bound_asks_for_logging_once_the_oldest_item_is_that_old() {
+        let mut r = Rig::new();
+        let mut hold = Hold::new(1 << 30, Some(std::time::Duration::from_millis(50)));
+        assert_eq!(hold.deadline(), None, "nothing held, no deadline");
+        let a = r.data(1, 0, 1);
+        let before = Instant::now();
+        hold.add(a, &r.shared);
+        let deadline = hold.deadline().expect("a deadline once something is held");
+        assert!(deadline >= before + std::time::Duration::from_millis(50));
+        let b = r.data(2, 1, 1);
+        hold.add(b, &r.shared);
+        assert_eq!(hold.deadline(), Some(deadline), "the oldest item sets the deadline");
+        assert!(!hold.must_log(false), "not that old yet");
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        assert!(hold.must_log(false), "the oldest item reached the age bound");
+        assert_eq!(hold.take().len(), 2);
+        assert_eq!(hold.deadline(), None, "taken: nothing held");
+        assert_eq!(Hold::new(1 << 30, None).deadline(), None);
+    }
+
+    #[test]
     fn compaction_keeps_the_newest_version_map_right() {
         let mut r = Rig::new();
-        let mut hold = Hold::new(1 << 30);
+        let mut hold = Hold::new(1 << 30, None);
         // 3000 rewrites of block 0 leave 2999 gone items: compaction runs on the way.
         for seq in 1..=3000 {
             let it = r.data(seq, 0, 1);

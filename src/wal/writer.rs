@@ -68,9 +68,9 @@ pub struct WalConfig {
     pub volume_id: [u8; 16],
     /// Most segment files; past it, a roll waits for the spill to free one.
     pub max_segments: usize,
-    /// Relaxed and async modes: queued block data held back in memory up to this many
-    /// bytes until a FLUSH, FUA write or shutdown needs it logged ([`super::hold`]).
-    /// 0: log at once.
+    /// Queued block data held back in memory up to this many bytes until a FLUSH, FUA
+    /// write or shutdown needs it logged ([`super::hold`]); in batched mode also for at
+    /// most one sync interval. 0: log at once. Strict mode never holds.
     pub hold_bytes: u64,
 }
 
@@ -223,12 +223,17 @@ pub struct Writer {
     batch_bytes_metric: metrics::Histogram,
     batch_items_metric: metrics::Histogram,
     sync_seconds_metric: metrics::Histogram,
+    writes_metric: metrics::Counter,
+    written_bytes_metric: metrics::Counter,
     /// Opening the first segment at start-up: the spiller that frees segments is not
     /// running yet, so waiting at the segment bound would wait forever. That one segment
     /// may go past the bound.
     starting: bool,
-    /// Write-back holding (relaxed and async modes with `hold_bytes` > 0).
+    /// Write-back holding (every mode but strict, with `hold_bytes` > 0).
     hold: Option<Hold>,
+    /// When the oldest item of the batch being logged came, if it was held: its data has
+    /// been unsynced since then, as far as the batched mode's interval is concerned.
+    held_since: Option<Instant>,
 }
 
 /// Where a record of the current batch went.
@@ -267,12 +272,15 @@ impl Writer {
             batch_bytes_metric: metrics::histogram!(crate::metrics::WAL_BATCH_BYTES),
             batch_items_metric: metrics::histogram!(crate::metrics::WAL_BATCH_ITEMS),
             sync_seconds_metric: metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS),
+            writes_metric: metrics::counter!(crate::metrics::WAL_WRITES),
+            written_bytes_metric: metrics::counter!(crate::metrics::WAL_WRITTEN_BYTES),
             starting: true,
             hold: None,
+            held_since: None,
         };
-        let holds = matches!(w.cfg.policy.durability, super::Durability::Relaxed | super::Durability::Async);
-        if holds && w.cfg.hold_bytes > 0 {
-            w.hold = Some(Hold::new(w.cfg.hold_bytes));
+        if w.cfg.policy.durability != super::Durability::Strict && w.cfg.hold_bytes > 0 {
+            // Batched mode holds for at most one interval; relaxed and async until needed.
+            w.hold = Some(Hold::new(w.cfg.hold_bytes, w.cfg.policy.deadline()));
         }
         *w.shared.durable_pos.lock() = prev;
         w.open_next()?;
@@ -286,7 +294,8 @@ impl Writer {
             let (items, closing) = {
                 let mut q = self.shared.queue.lock();
                 while q.items.is_empty() && !q.closing {
-                    match self.sync_deadline() {
+                    let hold_deadline = self.hold.as_ref().and_then(Hold::deadline);
+                    match self.sync_deadline().into_iter().chain(hold_deadline).min() {
                         Some(d) => {
                             if self.shared.wake.wait_until(&mut q, d).timed_out() {
                                 break;
@@ -304,6 +313,7 @@ impl Writer {
                     self.shared.poison(&e);
                 }
             }
+            self.held_since = None;
             // Written or not, the items give back their memory, so nothing waits on it.
             for item in items {
                 self.finish(item);
@@ -320,15 +330,19 @@ impl Writer {
         }
     }
 
-    /// Relaxed and async modes: hold the new items with those already held, and return
-    /// everything held once it must be logged (else `None`: wait for more).
+    /// Hold the new items with those already held, and return everything held once it
+    /// must be logged (else `None`: wait for more).
     fn hold_back(&mut self, items: Vec<Item>, closing: bool) -> Option<Vec<Item>> {
         let Some(hold) = self.hold.as_mut() else { return Some(items) };
         let trigger = closing || items.iter().any(|i| i.force_sync || matches!(i.op, Op::Sync));
         for item in items {
             hold.add(item, &self.shared);
         }
-        hold.must_log(trigger).then(|| hold.take())
+        if !hold.must_log(trigger) {
+            return None;
+        }
+        self.held_since = hold.since();
+        Some(hold.take())
     }
 
     /// Group commit: when replies wait for this batch's sync (strict mode, FUA, FLUSH) and
@@ -439,9 +453,12 @@ impl Writer {
             .file
             .write_all_vectored_at(&[IoSlice::new(&self.buf)], self.off)
             .map_err(|e| WalError::io(what(), e))?;
-        if self.first_unsynced.is_none() {
-            self.first_unsynced = Some(Instant::now());
-        }
+        self.writes_metric.increment(1);
+        self.written_bytes_metric.increment(self.buf.len() as u64);
+        // Held data counts as unsynced from when it came, so batched mode's interval
+        // bounds the time from a write to its sync, holding included.
+        let since = self.held_since.take().unwrap_or_else(Instant::now);
+        self.first_unsynced = Some(self.first_unsynced.map_or(since, |t| t.min(since)));
         self.unsynced_bytes += self.buf.len() as u64;
         self.batch_bytes += self.buf.len() as u64;
         self.off += self.buf.len() as u64;
