@@ -163,6 +163,53 @@ async fn batched_mode_syncs_by_interval_without_flush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_with_wal_append_gathers_small_writes_and_still_syncs_by_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = Duration::from_secs(2);
+    let c = VolumeConfig { sync_interval: interval, wal_append: 64 << 10, ..cfg(Durability::Batched) };
+    let (v, faults) = open(dir.path(), c).await;
+    let (writes0, syncs0) = (faults.writes(), faults.syncs());
+    // 16 blocks are 64 KiB: the first 15 wait in memory, the 16th sends all of them to the
+    // log in one append (not synced: the interval is not up and nothing asked for it).
+    let started = std::time::Instant::now();
+    for b in 0..15u64 {
+        v.write(b * BS as u64, &pattern(b, BS), false).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = started.elapsed() < interval;
+    assert_eq!(faults.writes(), writes0, "below wal_append, nothing is written");
+    assert_eq!(read(&v, 3 * BS as u64, BS).await, pattern(3, BS), "held blocks read back from memory");
+    v.write(15 * BS as u64, &pattern(15, BS), false).await.unwrap();
+    for _ in 0..500 {
+        if faults.writes() > writes0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(faults.writes(), writes0 + 1, "64 KiB held: one append");
+    if early && started.elapsed() < interval {
+        assert_eq!(faults.syncs(), syncs0, "written, not synced before the interval");
+    }
+    // The interval's sync comes on its own, though nothing is held any more.
+    for _ in 0..1000 {
+        let p = v.durable_progress();
+        if p.durable >= p.written && faults.syncs() > syncs0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(faults.syncs(), syncs0 + 1, "one interval sync for the append");
+    // A FLUSH logs and syncs what is held at once.
+    v.write(20 * BS as u64, &pattern(20, BS), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!((faults.writes(), faults.syncs()), (writes0 + 2, syncs0 + 2), "FLUSH: one append, one sync");
+    for b in (0..16u64).chain([20]) {
+        assert_eq!(read(&v, b * BS as u64, BS).await, pattern(b, BS), "block {b}");
+    }
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_sync_poisons_the_volume() {
     for mode in [Durability::Strict, Durability::Batched] {
         let dir = tempfile::tempdir().unwrap();

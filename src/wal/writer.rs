@@ -335,11 +335,14 @@ impl Writer {
     fn hold_back(&mut self, items: Vec<Item>, closing: bool) -> Option<Vec<Item>> {
         let Some(hold) = self.hold.as_mut() else { return Some(items) };
         let trigger = closing || items.iter().any(|i| i.force_sync || matches!(i.op, Op::Sync));
+        let woken = items.is_empty();
         for item in items {
             hold.add(item, &self.shared);
         }
         if !hold.must_log(trigger) {
-            return None;
+            // A wake-up with nothing new may be batched mode's sync deadline for data
+            // already written: an empty batch lets `process` sync it.
+            return woken.then(Vec::new);
         }
         self.held_since = hold.since();
         Some(hold.take())
