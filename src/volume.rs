@@ -57,8 +57,9 @@ pub struct VolumeConfig {
     /// WAL writes are padded to this boundary. Default: 4096.
     pub wal_align: u64,
     /// Batched mode: writes wait in memory until this much is queued (or the sync interval
-    /// is up, or a FLUSH or FUA write comes) and go to the WAL in one append. 0: each batch
-    /// is appended at once. Default: 0.
+    /// is up, or a FLUSH or FUA write comes) and go to the WAL in one append; at most
+    /// `sync_bytes` and half of `max_dirty_bytes` (the smaller wins). 0: each batch is
+    /// appended at once. Default: 0 (`serve` defaults to 1 MiB).
     pub wal_append: u64,
     /// Memory for data not yet written to the WAL; writers wait at the bound. Default: 128 MiB.
     pub max_dirty_bytes: usize,
@@ -145,12 +146,6 @@ impl VolumeConfig {
         }
         if self.sync_bytes == 0 || self.sync_interval.is_zero() {
             return bad("sync_bytes and sync_interval must be greater than zero".into());
-        }
-        if self.wal_append > self.sync_bytes || self.wal_append > (self.max_dirty_bytes / 2) as u64 {
-            return bad(format!(
-                "wal_append {} must be at most sync_bytes ({}) and half of max_dirty ({})",
-                self.wal_append, self.sync_bytes, self.max_dirty_bytes
-            ));
         }
         if self.max_wal_segments < 3 {
             return bad(format!("max_wal_segments {} must be at least 3", self.max_wal_segments));
@@ -276,7 +271,7 @@ impl Volume {
             // moving while the held data is logged. Batched mode gathers `wal_append`.
             hold_bytes: match cfg.durability {
                 Durability::Strict => 0,
-                Durability::Batched => cfg.wal_append,
+                Durability::Batched => cfg.wal_append.min(cfg.sync_bytes).min((arena.capacity_bytes() / 2) as u64),
                 Durability::Relaxed | Durability::Async => (arena.capacity_bytes() / 2) as u64,
             },
         };

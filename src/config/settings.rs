@@ -109,8 +109,8 @@ pub struct SettingsArgs {
 
     /// Batched mode: writes wait in memory until this much is queued (or --sync-interval is
     /// up, or a FLUSH or FUA write comes) and reach the WAL in one large append (at most
-    /// --sync-bytes and half of --max-dirty; 0: append each batch at once).
-    /// [default: 0; the profile may change it]
+    /// --sync-bytes and half of --max-dirty, the smaller wins; 0: append each batch at
+    /// once). [default: 1M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub wal_append: Option<u64>,
@@ -278,7 +278,7 @@ impl Default for Settings {
             max_dirty: 128 << 20,
             wal_segment_size: 32 << 20,
             wal_align: 4096,
-            wal_append: 0,
+            wal_append: 1 << 20,
             backend: None,
             s3_endpoint: None,
             codec: Compression::Lz4,
