@@ -653,3 +653,31 @@ fn crc32c_of(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// One WAL range whose LZ4 records hold more raw data than the spill decompresses at once
+/// (64 MiB): the spill takes it in parts, and every block reads back from the chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_range_of_more_compressed_data_than_one_spill_step_spills_in_parts() {
+    const MIB: u64 = 1 << 20;
+    let blocks = 72 * MIB / BS as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let c = VolumeConfig { size: Some(128 * MIB), ..lz4_cfg(Durability::Relaxed, false) };
+    let (v, _) = open(dir.path(), c.clone()).await;
+    for m in 0..blocks * BS as u64 / MIB {
+        let first = m * MIB / BS as u64;
+        let data: Vec<u8> = (first..first + MIB / BS as u64).flat_map(compressible).collect();
+        v.write(m * MIB, &data, false).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    assert_eq!(segments(dir.path()).len(), 1, "all of it in one segment, so one spill range");
+    v.spill_now().await.unwrap();
+    assert_eq!(v.spilled_blocks(), blocks);
+    assert_eq!(v.index_len(), 0);
+    for m in 0..blocks * BS as u64 / MIB {
+        let got = read(&v, m * MIB, MIB as usize).await;
+        let first = m * MIB / BS as u64;
+        let want: Vec<u8> = (first..first + MIB / BS as u64).flat_map(compressible).collect();
+        assert!(got == want, "MiB {m} reads back wrong from the chunks");
+    }
+    v.close().await.unwrap();
+}

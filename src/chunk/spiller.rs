@@ -43,6 +43,9 @@ type Pick = (u64, u64, BlockState, usize);
 /// A chunk uploaded for a WAL range: its id, its tables, the blocks in it.
 type Uploaded = (u64, ChunkTables, Vec<Pick>);
 
+/// Most raw bytes of LZ4 WAL records one spill step decompresses (see `spill_range`).
+const SPILL_PART_DECOMPRESSED: usize = 64 << 20;
+
 /// Tunables of the spill. Every default is stated on its field.
 #[derive(Debug, Clone)]
 pub struct SpillConfig {
@@ -336,6 +339,10 @@ impl Spiller {
         Ok(())
     }
 
+    /// Spill the synced records of `seg` between `from` and `to`. LZ4 records are
+    /// decompressed for it, so a range whose LZ4 records hold more than
+    /// [`SPILL_PART_DECOMPRESSED`] raw bytes (a segment of compressible data can hold many
+    /// times its size) is spilled in parts, one after the other, each bounded so.
     async fn spill_range(
         &self,
         st: &mut State,
@@ -345,7 +352,42 @@ impl Spiller {
         to: u64,
     ) -> Result<(), ChunkError> {
         let wal_err = |e: crate::wal::WalError| ChunkError::Other(e.to_string());
-        let (mut img, records) = records_between(seg, from, to).map_err(wal_err)?;
+        let (img, records) = records_between(seg, from, to).map_err(wal_err)?;
+        let mut parts = Vec::new();
+        let (mut start, mut inflated) = (0, 0);
+        for (i, (h, _)) in records.iter().enumerate() {
+            let n = if h.is_compressed() { h.raw_len() } else { 0 };
+            if i > start && inflated + n > SPILL_PART_DECOMPRESSED {
+                parts.push(start..i);
+                (start, inflated) = (i, 0);
+            }
+            inflated += n;
+        }
+        if parts.is_empty() {
+            return self.spill_part(st, seg, img, &records, from, to).await;
+        }
+        parts.push(start..records.len());
+        debug!(segment = seg_id, from, to, parts = parts.len(), "WAL range of LZ4 records spilled in parts");
+        for part in parts {
+            let part_from = records[part.start].1;
+            let part_to = records.get(part.end).map_or(to, |r| r.1);
+            let part_img = img[(part_from - from) as usize..(part_to - from) as usize].to_vec();
+            self.spill_part(st, seg, part_img, &records[part], part_from, part_to).await?;
+        }
+        Ok(())
+    }
+
+    /// Spill `records`, the records of `seg` between `from` and `to`, whose bytes are `img`.
+    async fn spill_part(
+        &self,
+        st: &mut State,
+        seg: &crate::wal::segment::Segment,
+        mut img: Vec<u8>,
+        records: &[(crate::wal::record::RecordHeader, u64)],
+        from: u64,
+        to: u64,
+    ) -> Result<(), ChunkError> {
+        let seg_id = seg.id;
         // The newest version of each block in the range, in log order (for one block the log
         // order is the write order): a tombstone cuts the data before it. Whatever the live
         // index says now: a newer write may still be in memory only, and until it is
@@ -354,7 +396,7 @@ impl Spiller {
         // decompressed once, onto the end of `img`, and its blocks are taken from there.
         let mut latest: BTreeMap<u64, (u64, BlockState, usize)> = BTreeMap::new();
         let mut tombs = Vec::new();
-        for (h, at) in &records {
+        for (h, at) in records {
             match h.kind {
                 RecordKind::Data { compressed: false } => {
                     for k in 0..u64::from(h.count) {
