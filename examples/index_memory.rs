@@ -68,7 +68,7 @@ fn measure(name: &str, writes: u64, window: usize, block_of: impl Fn(u64) -> u64
         for (pos, &(block, seq)) in batch.iter().enumerate() {
             let loc = Loc { chunk, frame: (pos / 16) as u32, idx: (pos % 16) as u32 };
             base.set(block, BaseRef::Chunk(loc), &set).expect("place fits");
-            index.persist(block, seq, 1, seq * BLOCK);
+            index.persist(block, seq, BlockState::Pending { segment: 1, offset: seq * BLOCK });
         }
         index.shrink();
     };

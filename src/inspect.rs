@@ -137,7 +137,7 @@ pub fn inspect(name: &str, dir: &Path) -> anyhow::Result<VolumeInfo> {
     index.collect(|_, e| {
         match e.state {
             BlockState::Persisted(_) => info.blocks_in_chunks += 1,
-            BlockState::Pending { .. } | BlockState::Hot(_) => info.blocks_in_wal += 1,
+            BlockState::Pending { .. } | BlockState::PendingLz4 { .. } | BlockState::Hot(_) => info.blocks_in_wal += 1,
             BlockState::Empty { allocated: true } => info.blocks_zero_allocated += 1,
             BlockState::Empty { allocated: false } => {}
         }

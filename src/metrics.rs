@@ -33,6 +33,11 @@ pub const NBD_SECONDS: &str = "spillway_nbd_request_seconds";
 pub const WAL_BATCH_BYTES: &str = "spillway_wal_batch_bytes";
 /// Queued items (writes, zeroes, sync barriers) the WAL writer took as one batch.
 pub const WAL_BATCH_ITEMS: &str = "spillway_wal_batch_items";
+/// Raw bytes of block data logged in WAL data records (before any compression).
+pub const WAL_DATA_BYTES: &str = "spillway_wal_data_bytes_total";
+/// Payload bytes stored in the WAL for those data records (LZ4 or raw; headers and padding
+/// not counted). With `wal_compress = "lz4"`, stored / data is the WAL's compression ratio.
+pub const WAL_STORED_BYTES: &str = "spillway_wal_stored_bytes_total";
 /// Time one WAL fdatasync took, in seconds.
 pub const WAL_SYNC_SECONDS: &str = "spillway_wal_sync_seconds";
 /// Writes (one `pwrite` each) the WAL writer made to its segment files.

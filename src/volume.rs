@@ -6,6 +6,7 @@
 //! with a fresh sequence number, and the record is queued to the WAL writer. The reply
 //! waits for the covering sync in strict mode and for FUA; otherwise it goes at once.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,16 +29,19 @@ use crate::io::FileSystem;
 use crate::store::arena::{Arena, SlotId};
 use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
-use crate::wal::record::BLOCK_SIZE;
+use crate::wal::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::replay;
 use crate::wal::writer::{Op, Shared, WalConfig, Writer};
-use crate::wal::{Durability, RecoveryMode, SyncPolicy, WalError};
+use crate::wal::{Durability, RecoveryMode, SyncPolicy, WalCompress, WalError};
 
 const BS: u64 = BLOCK_SIZE as u64;
 /// Blocks in one WAL data record (256 KiB).
 pub const MAX_RECORD_BLOCKS: u64 = 64;
 /// Per-block locks, by block number modulo this.
 const STRIPES: usize = 4096;
+/// Decompressed WAL records kept for reads (each at most 256 KiB), so that a sequential
+/// read of a record decompresses it once, not once per block.
+const LZ4_CACHE_RECORDS: usize = 8;
 /// One block-status answer covers at most this many blocks; the client asks again.
 const STATUS_MAX_BLOCKS: u64 = 65536;
 
@@ -61,6 +65,8 @@ pub struct VolumeConfig {
     /// `sync_bytes` and half of `max_dirty_bytes` (the smaller wins). 0: each batch is
     /// appended at once. Default: 0 (`serve` defaults to 1 MiB).
     pub wal_append: u64,
+    /// How WAL data records are stored (LZ4 when it saves an eighth or more). Default: none.
+    pub wal_compress: WalCompress,
     /// Memory for data not yet written to the WAL; writers wait at the bound. Default: 128 MiB.
     pub max_dirty_bytes: usize,
     /// Shards of the block index. Default: 16.
@@ -108,6 +114,7 @@ impl Default for VolumeConfig {
             segment_bytes: 32 << 20,
             wal_align: 4096,
             wal_append: 0,
+            wal_compress: WalCompress::None,
             max_dirty_bytes: 128 << 20,
             index_shards: 16,
             recovery: RecoveryMode::TolerateTail,
@@ -185,12 +192,27 @@ pub struct Volume {
     readahead: u32,
     /// Last block read, for sequential readahead.
     last_read: AtomicU64,
+    /// Recently decompressed LZ4 WAL records by (segment id, record offset), newest last.
+    /// Segment ids are never reused, so an entry cannot go stale.
+    lz4_cache: Mutex<Lz4Cache>,
 }
+
+/// Decompressed LZ4 WAL records by (segment id, record offset), oldest first.
+type Lz4Cache = VecDeque<((u64, u32), Arc<[u8]>)>;
 
 /// Where one block's bytes come from for a read.
 enum Src {
     Copied,
-    Wal { segment: u64, offset: u64 },
+    Wal {
+        segment: u64,
+        offset: u64,
+    },
+    /// Block `idx` of the LZ4 record at `record` in WAL segment `segment`.
+    Lz4 {
+        segment: u64,
+        record: u32,
+        idx: u32,
+    },
     Chunk(Loc),
 }
 
@@ -274,6 +296,7 @@ impl Volume {
                 Durability::Batched => cfg.wal_append.min(cfg.sync_bytes).min((arena.capacity_bytes() / 2) as u64),
                 Durability::Relaxed | Durability::Async => (arena.capacity_bytes() / 2) as u64,
             },
+            compress_lz4: cfg.wal_compress == WalCompress::Lz4,
         };
         let writer = Writer::start(
             Arc::clone(&shared),
@@ -329,6 +352,7 @@ impl Volume {
             flush_target: cfg.flush_target,
             readahead: cfg.readahead_frames,
             last_read: AtomicU64::new(u64::MAX),
+            lz4_cache: Mutex::new(VecDeque::with_capacity(LZ4_CACHE_RECORDS)),
         })
     }
 
@@ -417,6 +441,11 @@ impl Volume {
                         return Ok(None);
                     }
                 }
+                Src::Lz4 { segment, record, idx } => {
+                    if self.read_lz4(segment, record, idx, 0, out)? {
+                        return Ok(None);
+                    }
+                }
                 Src::Chunk(loc) => {
                     let Some(frame) = self.chunks.cache.get(loc) else { return Ok(Some(loc)) };
                     out.copy_from_slice(frame_block(&frame, loc, 0, out.len())?);
@@ -436,6 +465,11 @@ impl Volume {
                 Src::Copied => return Ok(()),
                 Src::Wal { segment, offset } => {
                     if self.read_wal(segment, offset, out)? {
+                        return Ok(());
+                    }
+                }
+                Src::Lz4 { segment, record, idx } => {
+                    if self.read_lz4(segment, record, idx, at, out)? {
                         return Ok(());
                     }
                 }
@@ -490,6 +524,7 @@ impl Volume {
                 Some(Src::Copied)
             }
             Some(BlockState::Pending { segment, offset }) => Some(Src::Wal { segment, offset: offset + at as u64 }),
+            Some(BlockState::PendingLz4 { segment, record, idx }) => Some(Src::Lz4 { segment, record, idx }),
             Some(BlockState::Persisted(loc)) => Some(Src::Chunk(loc)),
         });
         if let Some(src) = hot {
@@ -528,6 +563,39 @@ impl Volume {
         seg.file
             .read_exact_at(out, offset)
             .map_err(|e| VolumeError::io(format!("reading WAL segment {}", seg.slot), e))?;
+        Ok(true)
+    }
+
+    /// Copy bytes of block `idx` (from `at` inside it) of the LZ4 record at `record` in WAL
+    /// segment `segment` into `out`; `false` if the segment was recycled meanwhile (look
+    /// again). The record is checked against its CRC and decompressed whole, then kept in a
+    /// small cache for the reads of its neighbours.
+    fn read_lz4(&self, segment: u64, record: u32, idx: u32, at: usize, out: &mut [u8]) -> Result<bool, VolumeError> {
+        let key = (segment, record);
+        let cached = self.lz4_cache.lock().iter().find(|(k, _)| *k == key).map(|(_, d)| Arc::clone(d));
+        let data = match cached {
+            Some(d) => d,
+            None => {
+                let Some(seg) = self.shared.segments.read().get(&segment).cloned() else {
+                    return Ok(false);
+                };
+                let d = read_lz4_record(&seg, record)?;
+                let mut cache = self.lz4_cache.lock();
+                if cache.len() >= LZ4_CACHE_RECORDS {
+                    cache.pop_front();
+                }
+                cache.push_back((key, Arc::clone(&d)));
+                d
+            }
+        };
+        let start = idx as usize * BLOCK_SIZE + at;
+        let piece = data.get(start..start + out.len()).ok_or_else(|| {
+            VolumeError::io(
+                format!("WAL segment {segment}: compressed record at offset {record} has no block {idx}"),
+                std::io::ErrorKind::InvalidData.into(),
+            )
+        })?;
+        out.copy_from_slice(piece);
         Ok(true)
     }
 
@@ -716,6 +784,36 @@ fn load_or_create_meta(
     }
 }
 
+/// Read, check and decompress the LZ4 data record at `record` in `seg`: its raw blocks.
+/// Damage (a bad header, a CRC mismatch, a payload that does not decompress to the record's
+/// size) is an I/O error naming the segment and the offset, never zeroes.
+fn read_lz4_record(seg: &crate::wal::segment::Segment, record: u32) -> Result<Arc<[u8]>, VolumeError> {
+    let at = u64::from(record);
+    let damaged = |detail: String| {
+        VolumeError::io(
+            format!("WAL segment {} ({}): compressed record at offset {at}: {detail}", seg.id, seg.slot),
+            std::io::ErrorKind::InvalidData.into(),
+        )
+    };
+    let mut hb = [0u8; HEADER_LEN];
+    seg.file.read_exact_at(&mut hb, at).map_err(|e| VolumeError::io(format!("reading WAL segment {}", seg.slot), e))?;
+    let h = RecordHeader::decode(&hb).map_err(|e| damaged(e.to_string()))?;
+    if h.kind != (RecordKind::Data { compressed: true }) || h.segment != seg.id {
+        return Err(damaged(format!("found {:?} of segment {}", h.kind, h.segment)));
+    }
+    let mut payload = vec![0u8; h.data_len as usize];
+    seg.file
+        .read_exact_at(&mut payload, at + HEADER_LEN as u64)
+        .map_err(|e| VolumeError::io(format!("reading WAL segment {}", seg.slot), e))?;
+    RecordHeader::verify(&hb, &payload).map_err(|e| damaged(e.to_string()))?;
+    let mut raw = vec![0u8; h.raw_len()];
+    match lz4_flex::block::decompress_into(&payload, &mut raw) {
+        Ok(n) if n == raw.len() => Ok(raw.into()),
+        Ok(n) => Err(damaged(format!("decompresses to {n} bytes, not {}", raw.len()))),
+        Err(e) => Err(damaged(format!("does not decompress: {e}"))),
+    }
+}
+
 /// The bytes of a block inside a decompressed frame.
 fn frame_block(frame: &[u8], loc: Loc, at: usize, len: usize) -> Result<&[u8], VolumeError> {
     let start = loc.idx as usize * BLOCK_SIZE + at;
@@ -787,6 +885,13 @@ impl BlockDevice for Volume {
                         run = Some((segment, file_off, done, n));
                     }
                 },
+                // Not part of a run: a compressed block is not at a byte offset in the file.
+                Src::Lz4 { segment, record, idx } => {
+                    let out = &mut buf[done..done + n];
+                    if !self.read_lz4(segment, record, idx, at, out)? {
+                        self.read_piece(block, at, out).await?;
+                    }
+                }
                 Src::Chunk(_) => self.read_piece(block, at, &mut buf[done..done + n]).await?,
                 Src::Copied => {}
             }

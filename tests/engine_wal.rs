@@ -10,7 +10,7 @@ use spillway::chunk::spiller::SpillConfig;
 use spillway::io::faulty::{Faults, FaultyFs};
 use spillway::io::std_fs::StdFs;
 use spillway::volume::{Volume, VolumeConfig};
-use spillway::wal::{Durability, RecoveryMode};
+use spillway::wal::{Durability, RecoveryMode, WalCompress};
 
 const BS: usize = 4096;
 
@@ -490,4 +490,241 @@ async fn writes_wait_at_the_memory_bound_and_never_fail() {
         assert_eq!(read(&v, blk << 20, 1 << 20).await, pattern(5000 + blk, 1 << 20), "MiB {blk}");
     }
     Arc::into_inner(v).unwrap().close().await.unwrap();
+}
+
+/// Compressible but distinct per block: runs of one byte, with the block number in every
+/// 64-byte line.
+fn compressible(block: u64) -> Vec<u8> {
+    (0..BS).map(|i| if i % 64 < 8 { (block >> (8 * (i % 8))) as u8 } else { (i / 64) as u8 ^ block as u8 }).collect()
+}
+
+/// Data records of segment `id`: (offset, compressed, count, data_len), walking the chain
+/// of headers (an LZ4 payload is padded to 16 bytes on disk).
+fn data_records(path: &Path, id: u64) -> Vec<(u64, bool, u32, u32)> {
+    let b = std::fs::read(path).unwrap();
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let mut out = Vec::new();
+    let mut at = 4096usize;
+    while at + 48 <= b.len() {
+        let seg = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap());
+        if u32_at(at) != 0x5257_5053 || seg != id {
+            break;
+        }
+        let (kind, lz4) = (b[at + 4], b[at + 5] & 2 != 0);
+        let (count, data_len) = (u32_at(at + 32), u32_at(at + 36));
+        if kind == 1 {
+            out.push((at as u64, lz4, count, data_len));
+        }
+        let payload = if kind == 1 && lz4 { data_len.next_multiple_of(16) } else { data_len };
+        at += 48 + payload as usize;
+    }
+    out
+}
+
+fn lz4_cfg(durability: Durability, hold_in_wal: bool) -> VolumeConfig {
+    let spill = SpillConfig { hold_in_wal, chunk_bytes: 256 << 10, ..SpillConfig::default() };
+    VolumeConfig { wal_compress: WalCompress::Lz4, spill, ..cfg(durability) }
+}
+
+/// What the LZ4 test writes: blocks 0..200 compressible, 300..400 random, and a sub-block
+/// write into block 5 (a read-modify-write of a compressed block).
+fn lz4_expect(block: u64) -> Vec<u8> {
+    match block {
+        5 => {
+            let mut b = compressible(5);
+            b[100..300].copy_from_slice(&pattern(55, 200));
+            b
+        }
+        0..200 => compressible(block),
+        300..400 => pattern(block, BS),
+        _ => vec![0u8; BS],
+    }
+}
+
+async fn lz4_check(v: &Volume, what: &str) {
+    // One large read (runs of raw WAL blocks and compressed blocks side by side)...
+    let all = read(v, 0, 420 * BS).await;
+    for b in 0..420u64 {
+        let at = b as usize * BS;
+        assert!(all[at..at + BS] == lz4_expect(b)[..], "{what}: block {b} in the large read");
+    }
+    // ...and pieces inside blocks.
+    for b in [0u64, 5, 63, 64, 199, 300, 399] {
+        let got = read(v, b * BS as u64 + 1000, 100).await;
+        assert_eq!(got, lz4_expect(b)[1000..1100], "{what}: a piece of block {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lz4_wal_stores_compressible_data_smaller_and_reads_back_from_wal_replay_and_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Relaxed, true)).await;
+    // Records of 64 blocks, and single blocks.
+    for r in 0..3u64 {
+        let data: Vec<u8> = (r * 64..r * 64 + 64).flat_map(compressible).collect();
+        v.write(r * 64 * BS as u64, &data, false).await.unwrap();
+    }
+    for b in 192..200u64 {
+        v.write(b * BS as u64, &compressible(b), false).await.unwrap();
+    }
+    let random: Vec<u8> = (300..400u64).flat_map(|b| pattern(b, BS)).collect();
+    v.write(300 * BS as u64, &random, false).await.unwrap();
+    v.flush().await.unwrap();
+    v.write(5 * BS as u64 + 100, &pattern(55, 200), true).await.unwrap();
+    lz4_check(&v, "from the WAL").await;
+
+    // The log really holds compressed records for the compressible data, raw ones for the
+    // random data.
+    let (id, path) = segments(dir.path()).pop().unwrap();
+    let recs = data_records(&path, id);
+    let (lz, raw): (Vec<(u64, bool, u32, u32)>, Vec<_>) = recs.iter().partition(|r| r.1);
+    let lz_raw_bytes: u64 = lz.iter().map(|r| u64::from(r.2) * BS as u64).sum();
+    let lz_stored: u64 = lz.iter().map(|r| u64::from(r.3)).sum();
+    println!("{} LZ4 records: {lz_raw_bytes} raw bytes stored as {lz_stored}", lz.len());
+    // Three 64-block records, eight single blocks, and the rewrite of block 5.
+    assert_eq!(lz.len(), 12, "every compressible record is stored LZ4: {recs:?}");
+    assert!(lz_stored * 8 < lz_raw_bytes, "compressible data shrinks at least 8 times: {recs:?}");
+    assert!(raw.iter().any(|r| r.2 == 64 && r.3 == 64 * BS as u32), "random data stays raw: {recs:?}");
+    assert!(raw.iter().all(|r| u64::from(r.3) == u64::from(r.2) * BS as u64));
+    v.close().await.unwrap();
+    drop(v);
+
+    // Replay finds the compressed records (nothing was spilled).
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Relaxed, true)).await;
+    assert_eq!(v.spilled_blocks(), 0);
+    assert_eq!(v.index_len(), 300);
+    lz4_check(&v, "after replay").await;
+    v.close().await.unwrap();
+    drop(v);
+
+    // The spill takes the blocks of compressed records into chunks.
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Relaxed, false)).await;
+    v.write(150 * BS as u64, &compressible(150), false).await.unwrap(); // a fresh record too
+    v.flush().await.unwrap();
+    v.spill_now().await.unwrap();
+    assert_eq!(v.spilled_blocks(), 300, "every written block is in a chunk");
+    assert_eq!(v.index_len(), 0, "the WAL copies are let go");
+    lz4_check(&v, "from chunks").await;
+    v.close().await.unwrap();
+    drop(v);
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Relaxed, false)).await;
+    lz4_check(&v, "from chunks after a restart").await;
+    v.close().await.unwrap();
+}
+
+/// Ten strict single-block LZ4 records in one segment: (path, their data records).
+async fn ten_compressed_records(dir: &Path) -> (PathBuf, Vec<(u64, bool, u32, u32)>) {
+    let (v, _) = open(dir, lz4_cfg(Durability::Strict, true)).await;
+    for i in 0..10u64 {
+        v.write(i * BS as u64, &compressible(100 + i), false).await.unwrap();
+    }
+    v.close().await.unwrap();
+    let (id, path) = segments(dir).pop().unwrap();
+    let recs = data_records(&path, id);
+    assert_eq!(recs.len(), 10, "ten data records");
+    assert!(recs.iter().all(|r| r.1 && r.2 == 1), "all compressed: {recs:?}");
+    (path, recs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_compressed_tail_is_dropped_like_a_raw_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, recs) = ten_compressed_records(dir.path()).await;
+    let (at, _, _, data_len) = recs[9];
+    flip(&path, at + 48 + u64::from(data_len) / 2);
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Strict, true)).await;
+    for i in 0..9u64 {
+        assert_eq!(read(&v, i * BS as u64, BS).await, compressible(100 + i), "block {i}");
+    }
+    assert_eq!(read(&v, 9 * BS as u64, BS).await, vec![0u8; BS], "the torn write is gone");
+    v.write(20 * BS as u64, &compressible(7), false).await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Strict, true)).await;
+    assert_eq!(read(&v, 0, BS).await, compressible(100), "second restart");
+    assert_eq!(read(&v, 20 * BS as u64, BS).await, compressible(7), "second restart");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_record_damaged_under_a_running_volume_fails_the_read() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, recs) = ten_compressed_records(dir.path()).await;
+    let (v, _) = open(dir.path(), lz4_cfg(Durability::Strict, true)).await;
+    // Damage record 4 after replay checked it: a read must fail, not return other bytes.
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut byte = [0u8; 1];
+    let at = recs[4].0 + 48 + 3;
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    let mut buf = vec![0u8; BS];
+    let err = v.read(4 * BS as u64, &mut buf).await.expect_err("a damaged record fails the read");
+    println!("{err}");
+    assert_eq!(err.errno(), Errno::Io);
+    assert!(err.to_string().contains(&format!("offset {}", recs[4].0)), "names the offset: {err}");
+    assert_eq!(read(&v, 3 * BS as u64, BS).await, compressible(103), "its neighbours still read");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_a_later_format_version_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, _) = open(dir.path(), cfg(Durability::Strict)).await;
+    v.write(0, &pattern(1, BS), false).await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    let (_, path) = segments(dir.path()).pop().unwrap();
+    let mut b = std::fs::read(&path).unwrap();
+    assert_eq!(b[8..12], 2u32.to_le_bytes(), "this build writes version 2");
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32c_of(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, b).unwrap();
+    let (fs, _) = FaultyFs::new(Arc::new(StdFs));
+    let err = Volume::open(Arc::new(fs), dir.path(), backend(dir.path()), cfg(Durability::Strict))
+        .await
+        .err()
+        .expect("refuses a segment it cannot read, rather than reusing it as empty");
+    assert!(err.to_string().contains("version 3"), "{err}");
+}
+
+/// CRC32C (Castagnoli), bitwise: independent of the crate the server uses.
+fn crc32c_of(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// One WAL range whose LZ4 records hold more raw data than the spill decompresses at once
+/// (64 MiB): the spill takes it in parts, and every block reads back from the chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_range_of_more_compressed_data_than_one_spill_step_spills_in_parts() {
+    const MIB: u64 = 1 << 20;
+    let blocks = 72 * MIB / BS as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let c = VolumeConfig { size: Some(128 * MIB), ..lz4_cfg(Durability::Relaxed, false) };
+    let (v, _) = open(dir.path(), c.clone()).await;
+    for m in 0..blocks * BS as u64 / MIB {
+        let first = m * MIB / BS as u64;
+        let data: Vec<u8> = (first..first + MIB / BS as u64).flat_map(compressible).collect();
+        v.write(m * MIB, &data, false).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    assert_eq!(segments(dir.path()).len(), 1, "all of it in one segment, so one spill range");
+    v.spill_now().await.unwrap();
+    assert_eq!(v.spilled_blocks(), blocks);
+    assert_eq!(v.index_len(), 0);
+    for m in 0..blocks * BS as u64 / MIB {
+        let got = read(&v, m * MIB, MIB as usize).await;
+        let first = m * MIB / BS as u64;
+        let want: Vec<u8> = (first..first + MIB / BS as u64).flat_map(compressible).collect();
+        assert!(got == want, "MiB {m} reads back wrong from the chunks");
+    }
+    v.close().await.unwrap();
 }

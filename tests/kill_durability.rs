@@ -660,6 +660,20 @@ fn kill9_batched_multiconn() {
     });
 }
 
+/// LZ4 WAL records: killtest.py's blocks compress by about half, so most records are
+/// stored compressed (tests/engine_wal.rs checks that compression happens); a crash must
+/// keep the same promise, and a torn LZ4 record must be dropped like a raw one.
+#[test]
+fn kill9_relaxed_wal_lz4() {
+    run_kill_test(KillTest {
+        name: "kill9_relaxed_wal_lz4",
+        mode: "relaxed",
+        conns: 1,
+        flush_elsewhere: false,
+        extra: &["--wal-compress", "lz4"],
+    });
+}
+
 /// Flags that make the WAL spill into chunks all the time: 1 MiB segments and at most 4
 /// of them, 64 KiB chunks, spill after 100 ms, compaction of anything below 90 % live.
 /// Kills then land during spills, uploads, checkpoints and compactions.

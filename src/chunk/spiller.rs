@@ -36,11 +36,15 @@ use crate::wal::replay::records_between;
 use crate::wal::segment::DATA_START;
 use crate::wal::writer::Shared;
 
-/// One block picked from a WAL range for a chunk: block, sequence number, offset of its
-/// bytes in the segment, offset in the range's image.
-type Pick = (u64, u64, u64, usize);
+/// One block picked from a WAL range for a chunk: block, sequence number, where it is in
+/// the WAL (the index state it had), offset of its bytes in the range's image (past the
+/// raw image for a block of an LZ4 record: decompressed there).
+type Pick = (u64, u64, BlockState, usize);
 /// A chunk uploaded for a WAL range: its id, its tables, the blocks in it.
 type Uploaded = (u64, ChunkTables, Vec<Pick>);
+
+/// Most raw bytes of LZ4 WAL records one spill step decompresses (see `spill_range`).
+const SPILL_PART_DECOMPRESSED: usize = 64 << 20;
 
 /// Tunables of the spill. Every default is stated on its field.
 #[derive(Debug, Clone)]
@@ -335,6 +339,10 @@ impl Spiller {
         Ok(())
     }
 
+    /// Spill the synced records of `seg` between `from` and `to`. LZ4 records are
+    /// decompressed for it, so a range whose LZ4 records hold more than
+    /// [`SPILL_PART_DECOMPRESSED`] raw bytes (a segment of compressible data can hold many
+    /// times its size) is spilled in parts, one after the other, each bounded so.
     async fn spill_range(
         &self,
         st: &mut State,
@@ -345,18 +353,83 @@ impl Spiller {
     ) -> Result<(), ChunkError> {
         let wal_err = |e: crate::wal::WalError| ChunkError::Other(e.to_string());
         let (img, records) = records_between(seg, from, to).map_err(wal_err)?;
+        let mut parts = Vec::new();
+        let (mut start, mut inflated) = (0, 0);
+        for (i, (h, _)) in records.iter().enumerate() {
+            let n = if h.is_compressed() { h.raw_len() } else { 0 };
+            if i > start && inflated + n > SPILL_PART_DECOMPRESSED {
+                parts.push(start..i);
+                (start, inflated) = (i, 0);
+            }
+            inflated += n;
+        }
+        if parts.is_empty() {
+            return self.spill_part(st, seg, img, &records, from, to).await;
+        }
+        parts.push(start..records.len());
+        debug!(segment = seg_id, from, to, parts = parts.len(), "WAL range of LZ4 records spilled in parts");
+        for part in parts {
+            let part_from = records[part.start].1;
+            let part_to = records.get(part.end).map_or(to, |r| r.1);
+            let part_img = img[(part_from - from) as usize..(part_to - from) as usize].to_vec();
+            self.spill_part(st, seg, part_img, &records[part], part_from, part_to).await?;
+        }
+        Ok(())
+    }
+
+    /// Spill `records`, the records of `seg` between `from` and `to`, whose bytes are `img`.
+    async fn spill_part(
+        &self,
+        st: &mut State,
+        seg: &crate::wal::segment::Segment,
+        mut img: Vec<u8>,
+        records: &[(crate::wal::record::RecordHeader, u64)],
+        from: u64,
+        to: u64,
+    ) -> Result<(), ChunkError> {
+        let seg_id = seg.id;
         // The newest version of each block in the range, in log order (for one block the log
         // order is the write order): a tombstone cuts the data before it. Whatever the live
         // index says now: a newer write may still be in memory only, and until it is
         // durable this version is the one a checkpoint must keep.
-        let mut latest: BTreeMap<u64, (u64, u64, usize)> = BTreeMap::new(); // block -> (seq, segment offset, img offset)
+        // block -> (seq, its WAL state, offset of its bytes in `img`). An LZ4 record is
+        // decompressed once, onto the end of `img`, and its blocks are taken from there.
+        let mut latest: BTreeMap<u64, (u64, BlockState, usize)> = BTreeMap::new();
         let mut tombs = Vec::new();
-        for (h, at) in &records {
+        for (h, at) in records {
             match h.kind {
-                RecordKind::Data => {
+                RecordKind::Data { compressed: false } => {
                     for k in 0..u64::from(h.count) {
-                        let off = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
-                        latest.insert(h.block + k, (h.seq, off, (off - from) as usize));
+                        let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
+                        let wal = BlockState::Pending { segment: seg_id, offset };
+                        latest.insert(h.block + k, (h.seq, wal, (offset - from) as usize));
+                    }
+                }
+                RecordKind::Data { compressed: true } => {
+                    let corrupt = |detail: String| ChunkError::Other(format!("WAL segment {}: {detail}", seg.slot));
+                    let record = u32::try_from(*at)
+                        .map_err(|_| corrupt(format!("compressed record at offset {at}, past 4 GiB")))?;
+                    let start = (at - from) as usize + HEADER_LEN;
+                    let dst = img.len();
+                    img.resize(dst + h.raw_len(), 0);
+                    let (head, tail) = img.split_at_mut(dst);
+                    match lz4_flex::block::decompress_into(&head[start..start + h.data_len as usize], tail) {
+                        Ok(n) if n == h.raw_len() => {}
+                        Ok(n) => {
+                            return Err(corrupt(format!(
+                                "compressed record at synced offset {at} holds {n} bytes, not {}",
+                                h.raw_len()
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(corrupt(format!(
+                                "compressed record at synced offset {at} does not decompress: {e}"
+                            )))
+                        }
+                    }
+                    for idx in 0..h.count {
+                        let wal = BlockState::PendingLz4 { segment: seg_id, record, idx };
+                        latest.insert(h.block + u64::from(idx), (h.seq, wal, dst + idx as usize * BLOCK_SIZE));
                     }
                 }
                 RecordKind::Zero { keep_allocated } => {
@@ -378,10 +451,7 @@ impl Spiller {
         let blocks: Vec<Pick> = latest
             .into_iter()
             .filter(|(b, (seq, _, _))| {
-                !index.get(*b).is_some_and(|e| {
-                    e.seq > *seq
-                        && matches!(e.state, BlockState::Pending { segment, offset } if (segment, offset) < durable)
-                })
+                !index.get(*b).is_some_and(|e| e.seq > *seq && e.state.wal_pos().is_some_and(|pos| pos < durable))
             })
             .map(|(b, (q, o, a))| (b, q, o, a))
             .collect();
@@ -457,8 +527,8 @@ impl Spiller {
         }
         for (id, _, g) in done {
             let mut live = 0;
-            for &(block, seq, off, _) in &g {
-                if self.wal.index.persist(block, seq, seg_id, off) {
+            for &(block, seq, wal, _) in &g {
+                if self.wal.index.persist(block, seq, wal) {
                     live += 1;
                 }
             }

@@ -17,7 +17,7 @@ use crate::chunk::spiller::SpillConfig;
 use crate::codec::Compression;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::volume::{FlushTarget, VolumeConfig};
-use crate::wal::{Durability, RecoveryMode};
+use crate::wal::{Durability, RecoveryMode, WalCompress};
 
 use super::profile::ProfileChoice;
 
@@ -114,6 +114,15 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_size")]
     pub wal_append: Option<u64>,
+
+    /// How WAL data records are stored. none: raw 4 KiB blocks. lz4: each record (up to
+    /// 256K of blocks) as one LZ4 block when that saves at least an eighth of its bytes, so
+    /// compressible data reaches a slow disk (an SD card) as fewer bytes; data that does not
+    /// compress stays raw. Costs CPU on the writer thread and on reads not yet spilled.
+    /// Segments written either way are read either way. [default: none]
+    #[arg(long, value_enum)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_value_enum")]
+    pub wal_compress: Option<WalCompress>,
 
     /// Where chunk objects live: s3://BUCKET/PREFIX (credentials and region from the
     /// AWS_* environment variables), or a directory. [default: DATA_DIR/volumes/NAME/objects]
@@ -242,6 +251,7 @@ pub struct Settings {
     pub wal_segment_size: u64,
     pub wal_align: u64,
     pub wal_append: u64,
+    pub wal_compress: WalCompress,
     pub backend: Option<String>,
     pub s3_endpoint: Option<String>,
     pub codec: Compression,
@@ -279,6 +289,7 @@ impl Default for Settings {
             wal_segment_size: 32 << 20,
             wal_align: 4096,
             wal_append: 1 << 20,
+            wal_compress: WalCompress::None,
             backend: None,
             s3_endpoint: None,
             codec: Compression::Lz4,
@@ -329,6 +340,7 @@ impl Settings {
         set(&mut self.wal_segment_size, &l.wal_segment_size);
         set(&mut self.wal_align, &l.wal_align);
         set(&mut self.wal_append, &l.wal_append);
+        set(&mut self.wal_compress, &l.wal_compress);
         if l.backend.is_some() {
             self.backend.clone_from(&l.backend);
         }
@@ -364,6 +376,7 @@ impl Settings {
             segment_bytes: self.wal_segment_size,
             wal_align: self.wal_align,
             wal_append: self.wal_append,
+            wal_compress: self.wal_compress,
             max_dirty_bytes: usize::try_from(self.max_dirty).unwrap_or(usize::MAX),
             recovery: self.recovery_mode,
             max_wal_segments: usize::try_from(self.max_wal / self.wal_segment_size.max(1)).unwrap_or(usize::MAX),
@@ -401,6 +414,7 @@ impl Settings {
             wal_segment_size: Some(self.wal_segment_size),
             wal_align: Some(self.wal_align),
             wal_append: Some(self.wal_append),
+            wal_compress: Some(self.wal_compress),
             backend: self.backend.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
             codec: Some(self.codec),
@@ -561,10 +575,27 @@ mod tests {
 
     #[test]
     fn to_layer_round_trips_through_apply() {
-        let mut s = Settings { unix: Some("/run/x.sock".into()), size: Some(5 << 30), ..Settings::default() };
+        let mut s = Settings {
+            unix: Some("/run/x.sock".into()),
+            size: Some(5 << 30),
+            wal_compress: WalCompress::Lz4,
+            ..Settings::default()
+        };
         s.exports = vec!["a".into(), "b".into()];
         let mut t = Settings::default();
         t.apply(&s.to_layer());
         assert_eq!(s, t);
+    }
+
+    #[test]
+    fn wal_compress_reaches_the_volume_config() {
+        let mut s = Settings::default();
+        assert_eq!(s.volume_config().wal_compress, WalCompress::None, "off unless asked");
+        let file: SettingsArgs = toml::from_str("wal_compress = \"lz4\"").expect("parses");
+        s.apply(&file);
+        assert_eq!(s.volume_config().wal_compress, WalCompress::Lz4);
+        assert!(toml::from_str::<SettingsArgs>("wal_compress = \"zstd\"").is_err());
+        let printed = toml::to_string(&s.to_layer()).expect("prints");
+        assert!(printed.contains("wal_compress = \"lz4\""), "{printed}");
     }
 }

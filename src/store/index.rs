@@ -24,9 +24,30 @@ pub enum BlockState {
     Hot(SlotId),
     /// In the WAL: segment id and the offset of the block's bytes in that segment.
     Pending { segment: u64, offset: u64 },
+    /// In the WAL inside an LZ4 data record, which must be read and decompressed whole:
+    /// segment id, offset of the record's header in the segment (segments are at most
+    /// 4 GiB), and the block's place in the record.
+    PendingLz4 { segment: u64, record: u32, idx: u32 },
     /// In a chunk object: chunk id, frame, and the block's place in the frame. Only in an
     /// index being rebuilt from chunks (`recover`); a live index leaves these to the base.
     Persisted(Loc),
+}
+
+impl BlockState {
+    /// Where in the WAL the block's version is, as (segment, offset) ordered like the log:
+    /// the block's bytes, or for an LZ4 record the record's start. `None` when not in the WAL.
+    pub fn wal_pos(&self) -> Option<(u64, u64)> {
+        match *self {
+            BlockState::Pending { segment, offset } => Some((segment, offset)),
+            BlockState::PendingLz4 { segment, record, .. } => Some((segment, u64::from(record))),
+            _ => None,
+        }
+    }
+
+    /// Whether the block's newest version is in the WAL (raw or compressed).
+    pub fn is_pending(&self) -> bool {
+        self.wal_pos().is_some()
+    }
 }
 
 /// Where a persisted block lives.
@@ -98,10 +119,12 @@ impl Index {
     /// The spiller put a block's version into the base: if the entry still is that WAL
     /// copy, it goes, and reads find the version in the base. Call it only after the base
     /// holds the version (and after [`Self::clear_zero`] for the range's trims).
-    pub fn persist(&self, block: u64, seq: u64, segment: u64, offset: u64) -> bool {
+    /// `wal` is the WAL state the version had ([`BlockState::Pending`] or
+    /// [`BlockState::PendingLz4`]).
+    pub fn persist(&self, block: u64, seq: u64, wal: BlockState) -> bool {
         let mut shard = self.shard(block).write();
         match shard.get(&block) {
-            Some(e) if e.seq == seq && e.state == (BlockState::Pending { segment, offset }) => {
+            Some(e) if e.seq == seq && e.state == wal && wal.is_pending() => {
                 shard.remove(&block);
                 true
             }
@@ -175,13 +198,14 @@ impl Index {
     }
 
     /// The WAL writer wrote a block's record: if the entry still holds that sequence
-    /// number, it now points into the WAL. Returns the slot the entry held, to release.
-    pub fn settle(&self, block: u64, seq: u64, segment: u64, offset: u64) -> Option<SlotId> {
+    /// number, it now points into the WAL (`wal`: where, [`BlockState::Pending`] or
+    /// [`BlockState::PendingLz4`]). Returns the slot the entry held, to release.
+    pub fn settle(&self, block: u64, seq: u64, wal: BlockState) -> Option<SlotId> {
         let mut shard = self.shard(block).write();
         let e = shard.get_mut(&block)?;
         match e.state {
             BlockState::Hot(slot) if e.seq == seq => {
-                e.state = BlockState::Pending { segment, offset };
+                e.state = wal;
                 Some(slot)
             }
             _ => None,
@@ -238,12 +262,14 @@ mod tests {
         let ix = Index::new(16);
         let slot = crate::store::arena::Arena::new(4 << 20).alloc(1).unwrap();
         ix.set(5, Some(Entry { seq: 1, state: BlockState::Hot(slot) }));
-        assert_eq!(ix.settle(5, 2, 9, 4096), None, "stale sequence number");
-        assert_eq!(ix.settle(5, 1, 9, 4096), Some(slot));
-        assert_eq!(ix.get(5).unwrap().state, BlockState::Pending { segment: 9, offset: 4096 });
-        assert!(!ix.persist(5, 2, 9, 4096), "stale sequence number");
-        assert!(!ix.persist(5, 1, 9, 8192), "another WAL copy");
-        assert!(ix.persist(5, 1, 9, 4096));
+        let wal = BlockState::Pending { segment: 9, offset: 4096 };
+        assert_eq!(ix.settle(5, 2, wal), None, "stale sequence number");
+        assert_eq!(ix.settle(5, 1, wal), Some(slot));
+        assert_eq!(ix.get(5).unwrap().state, wal);
+        assert!(!ix.persist(5, 2, wal), "stale sequence number");
+        assert!(!ix.persist(5, 1, BlockState::Pending { segment: 9, offset: 8192 }), "another WAL copy");
+        assert!(!ix.persist(5, 1, BlockState::PendingLz4 { segment: 9, record: 4096, idx: 0 }), "another WAL copy");
+        assert!(ix.persist(5, 1, wal));
         assert_eq!(ix.get(5), None, "persisted: reads go to the base");
         let loc = Loc { chunk: 1, frame: 0, idx: 3 };
         ix.set(5, Some(Entry { seq: 1, state: BlockState::Persisted(loc) }));
@@ -254,6 +280,23 @@ mod tests {
         }
         assert_eq!(ix.remove_range(10, 20).len(), 20);
         assert_eq!(ix.len(), 80);
+    }
+
+    #[test]
+    fn compressed_wal_blocks_settle_and_persist_without_growing_entries() {
+        // The index holds one entry per block in the WAL: the new state must not grow it.
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let ix = Index::new(4);
+        let arena = crate::store::arena::Arena::new(4 << 20);
+        let slot = arena.alloc(1).unwrap();
+        ix.set(8, Some(Entry { seq: 3, state: BlockState::Hot(slot) }));
+        let lz = BlockState::PendingLz4 { segment: 2, record: 8192, idx: 5 };
+        assert_eq!(ix.settle(8, 3, lz), Some(slot));
+        assert_eq!(lz.wal_pos(), Some((2, 8192)), "ordered by the record's start");
+        assert!(!ix.persist(8, 3, BlockState::PendingLz4 { segment: 2, record: 8192, idx: 4 }));
+        assert!(!ix.persist(8, 3, BlockState::Empty { allocated: false }));
+        assert!(ix.persist(8, 3, lz));
+        assert!(ix.is_empty());
     }
 
     #[test]

@@ -31,12 +31,28 @@ pub enum WalError {
     Corrupt { path: PathBuf, detail: String },
     #[error("WAL segment {path} belongs to another volume")]
     ForeignSegment { path: PathBuf },
+    #[error(
+        "WAL segment {path} has format version {version}, which this build cannot read (it reads versions {min} to {max}): \
+         start the build that wrote it"
+    )]
+    Version { path: PathBuf, version: u32, min: u32, max: u32 },
 }
 
 impl WalError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         WalError::Io { what: what.into(), source }
     }
+}
+
+/// How WAL data records are stored (`docs/wal.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WalCompress {
+    /// Raw 4 KiB blocks.
+    #[default]
+    None,
+    /// One LZ4 block per record when that saves at least an eighth of its bytes; records
+    /// that do not compress that well stay raw.
+    Lz4,
 }
 
 /// How replay treats damage (compare raft-engine's RecoveryMode).

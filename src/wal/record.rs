@@ -1,20 +1,26 @@
-//! WAL record format, version 1. Little-endian, fixed-width, CRC32C over header and payload.
-//! Documented in `docs/wal.md`; `tests::record_bytes_are_pinned` pins the bytes.
+//! WAL record format (segment version 2). Little-endian, fixed-width, CRC32C over header and
+//! payload. Documented in `docs/wal.md`; `tests::record_bytes_are_pinned` and
+//! `tests::compressed_record_bytes_are_pinned` pin the bytes.
 //!
 //! ```text
 //!  0 magic      u32  0x52575053 ("SPWR")
 //!  4 kind       u8   1 = data, 2 = zero (tombstone), 3 = padding
-//!  5 flags      u8   zero: bit 0 = keep allocated (NO_HOLE)
+//!  5 flags      u8   zero: bit 0 = keep allocated (NO_HOLE); data: bit 1 = LZ4 payload
 //!  6 reserved   u16  0
 //!  8 segment    u64  id of the segment holding the record
 //! 16 seq        u64  volume-wide sequence number
 //! 24 block      u64  first block
 //! 32 count      u32  blocks covered
-//! 36 data_len   u32  payload bytes (count * 4096 for data, 0 for zero, any for padding)
+//! 36 data_len   u32  payload bytes (count * 4096 for data, 1..count * 4096 - 1 for LZ4
+//!                    data, 0 for zero, any for padding)
 //! 40 synced_to  u32  segment offset known durable when this record was written
 //! 44 crc32c     u32  over bytes 0..44, then the payload
 //! 48 payload
 //! ```
+//!
+//! An LZ4 data record's payload is one LZ4 block (no size prefix) of the `count * 4096` raw
+//! bytes. It is followed by zero bytes up to a 16-byte boundary, which the checksum does not
+//! cover, so that every record starts on a 16-byte boundary as replay's search expects.
 
 use thiserror::Error;
 
@@ -27,12 +33,17 @@ pub const KIND_ZERO: u8 = 2;
 pub const KIND_PAD: u8 = 3;
 
 pub const FLAG_KEEP_ALLOCATED: u8 = 1;
+/// Data records: the payload is one LZ4 block of the record's raw blocks.
+pub const FLAG_LZ4: u8 = 2;
+/// Records start on this boundary in a segment.
+pub const RECORD_ALIGN: u64 = 16;
 
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
-    /// `count` whole blocks of data follow.
-    Data,
+    /// `count` whole blocks of data follow; `compressed`: as one LZ4 block of `data_len`
+    /// bytes.
+    Data { compressed: bool },
     /// `count` blocks read as zeroes from now on; `keep_allocated` for NO_HOLE zeroing.
     Zero { keep_allocated: bool },
     /// Filler to align the next write; its payload is ignored.
@@ -64,7 +75,13 @@ pub enum RecordError {
 
 impl RecordHeader {
     pub fn data(segment: u64, seq: u64, block: u64, count: u32, synced_to: u32) -> Self {
-        Self { kind: RecordKind::Data, segment, seq, block, count, data_len: count * BLOCK_SIZE as u32, synced_to }
+        let kind = RecordKind::Data { compressed: false };
+        Self { kind, segment, seq, block, count, data_len: count * BLOCK_SIZE as u32, synced_to }
+    }
+
+    /// A data record whose payload is `data_len` bytes of LZ4 (less than `count * 4096`).
+    pub fn data_lz4(segment: u64, seq: u64, block: u64, count: u32, data_len: u32, synced_to: u32) -> Self {
+        Self { kind: RecordKind::Data { compressed: true }, segment, seq, block, count, data_len, synced_to }
     }
 
     pub fn zero(segment: u64, seq: u64, block: u64, count: u32, keep_allocated: bool, synced_to: u32) -> Self {
@@ -75,9 +92,23 @@ impl RecordHeader {
         Self { kind: RecordKind::Pad, segment, seq: 0, block: 0, count: 0, data_len, synced_to }
     }
 
-    /// Bytes on disk, header included.
+    /// Bytes on disk, header included (and an LZ4 payload's padding to 16 bytes).
     pub fn total_len(&self) -> u64 {
-        HEADER_LEN as u64 + u64::from(self.data_len)
+        let payload = u64::from(self.data_len);
+        match self.kind {
+            RecordKind::Data { compressed: true } => HEADER_LEN as u64 + payload.next_multiple_of(RECORD_ALIGN),
+            _ => HEADER_LEN as u64 + payload,
+        }
+    }
+
+    /// Whether this is a data record with an LZ4 payload.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.kind, RecordKind::Data { compressed: true })
+    }
+
+    /// Raw bytes of the blocks a data record covers (`count * 4096`).
+    pub fn raw_len(&self) -> usize {
+        self.count as usize * BLOCK_SIZE
     }
 
     /// Encode, with the checksum over the header and `payload` (which must be `data_len`
@@ -86,7 +117,7 @@ impl RecordHeader {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         let (kind, flags) = match self.kind {
-            RecordKind::Data => (KIND_DATA, 0),
+            RecordKind::Data { compressed } => (KIND_DATA, if compressed { FLAG_LZ4 } else { 0 }),
             RecordKind::Zero { keep_allocated } => (KIND_ZERO, if keep_allocated { FLAG_KEEP_ALLOCATED } else { 0 }),
             RecordKind::Pad => (KIND_PAD, 0),
         };
@@ -117,13 +148,19 @@ impl RecordHeader {
         }
         let (count, data_len) = (u32_at(32), u32_at(36));
         let kind = match b[4] {
-            KIND_DATA => RecordKind::Data,
+            KIND_DATA if b[5] & !FLAG_LZ4 != 0 => return Err(RecordError::Fields("unknown data record flags")),
+            KIND_DATA => RecordKind::Data { compressed: b[5] & FLAG_LZ4 != 0 },
             KIND_ZERO => RecordKind::Zero { keep_allocated: b[5] & FLAG_KEEP_ALLOCATED != 0 },
             KIND_PAD => RecordKind::Pad,
             k => return Err(RecordError::Kind(k)),
         };
         let consistent = match kind {
-            RecordKind::Data => count > 0 && u64::from(data_len) == u64::from(count) * BLOCK_SIZE as u64,
+            RecordKind::Data { compressed: false } => {
+                count > 0 && u64::from(data_len) == u64::from(count) * BLOCK_SIZE as u64
+            }
+            RecordKind::Data { compressed: true } => {
+                count > 0 && data_len > 0 && u64::from(data_len) < u64::from(count) * BLOCK_SIZE as u64
+            }
             RecordKind::Zero { .. } => count > 0 && data_len == 0,
             RecordKind::Pad => count == 0,
         };
@@ -177,6 +214,60 @@ mod tests {
         );
         assert_eq!(RecordHeader::decode(&b), Ok(h));
         assert_eq!(RecordHeader::verify(&b, &[]), Ok(()));
+    }
+
+    #[test]
+    fn compressed_record_bytes_are_pinned() {
+        let payload: Vec<u8> = (0..20).collect();
+        let h = RecordHeader::data_lz4(3, 0x0201, 9, 2, 20, 8192);
+        let b = h.encode(&[&payload]);
+        assert_eq!(
+            b,
+            [
+                0x53, 0x50, 0x57, 0x52, // magic "SPWR"
+                1, 2, 0, 0, // kind data, LZ4, reserved
+                3, 0, 0, 0, 0, 0, 0, 0, // segment 3
+                0x01, 0x02, 0, 0, 0, 0, 0, 0, // seq 0x0201
+                9, 0, 0, 0, 0, 0, 0, 0, // block 9
+                2, 0, 0, 0, // count 2
+                20, 0, 0, 0, // data_len 20 (compressed)
+                0, 0x20, 0, 0, // synced_to 8192
+                0x9f, 0xee, 0x56, 0x71, // crc32c over 0..44 and the 20 stored bytes (independent bitwise CRC32C)
+            ]
+        );
+        assert_eq!(RecordHeader::decode(&b), Ok(h));
+        assert_eq!(RecordHeader::verify(&b, &payload), Ok(()));
+        assert_eq!(h.total_len(), 48 + 32, "the payload is padded to 16 bytes on disk");
+        assert!(h.is_compressed() && !RecordHeader::data(3, 1, 9, 2, 0).is_compressed());
+    }
+
+    #[test]
+    fn compressed_record_round_trips() {
+        let raw: Vec<u8> = (0..3 * BLOCK_SIZE).map(|i| (i / 512) as u8).collect();
+        let packed = lz4_flex::block::compress(&raw);
+        assert!(packed.len() < raw.len());
+        let h = RecordHeader::data_lz4(1, 5, 40, 3, packed.len() as u32, 4096);
+        let b = h.encode(&[&packed[..7], &packed[7..]]);
+        let d = RecordHeader::decode(&b).expect("decodes");
+        assert_eq!(d, h);
+        assert_eq!(RecordHeader::verify(&b, &packed), Ok(()));
+        let mut out = vec![0u8; d.raw_len()];
+        assert_eq!(lz4_flex::block::decompress_into(&packed, &mut out).ok(), Some(raw.len()));
+        assert_eq!(out, raw);
+    }
+
+    #[test]
+    fn compressed_lengths_must_be_shorter_than_raw() {
+        for bad_len in [0u32, 4096, 4097, 1 << 20] {
+            let b = RecordHeader::data_lz4(1, 1, 1, 1, bad_len, 0).encode(&[]);
+            assert!(matches!(RecordHeader::decode(&b), Err(RecordError::Fields(_))), "data_len {bad_len}");
+        }
+        let ok = RecordHeader::data_lz4(1, 1, 1, 1, 4095, 0).encode(&[]);
+        assert!(RecordHeader::decode(&ok).is_ok());
+        // A raw data record must still be exactly count * 4096; unknown data flags are refused.
+        let mut b = RecordHeader::data(1, 1, 1, 1, 0).encode(&[]);
+        b[5] = 4;
+        assert!(matches!(RecordHeader::decode(&b), Err(RecordError::Fields(_))));
     }
 
     #[test]

@@ -73,6 +73,17 @@ pub fn replay(
             Ok(h) if h.volume_id != volume_id => return Err(WalError::ForeignSegment { path }),
             Ok(h) if h.id < from.0 => free_slots.push((name, file)),
             Ok(header) => found.push(Found { header, slot: name, file, path }),
+            // A header whose checksum holds but whose version is unknown was written by a
+            // newer build: its records may be data this build cannot read. Refuse, rather
+            // than take the slot for an unused one.
+            Err(super::segment::SegmentHeaderError::Version(version)) => {
+                return Err(WalError::Version {
+                    path,
+                    version,
+                    min: super::segment::SEGMENT_VERSION_MIN,
+                    max: super::segment::SEGMENT_VERSION,
+                })
+            }
             Err(e) => {
                 // Headers are synced before a segment takes records, so a bad header is a
                 // segment that never held any (a crash while it was being created).
@@ -189,7 +200,7 @@ fn scan_segment(
         if let Some(r) = record_at(&img, pos, id) {
             let at = DATA_START + r.at as u64;
             if at >= skip_to {
-                apply(index, &r.header, id, at, out);
+                apply(index, &r.header, id, at, &f.path, out)?;
             }
             pos += r.header.total_len() as usize;
             continue;
@@ -246,14 +257,35 @@ fn scan_segment(
 }
 
 /// Apply one durable record to the index.
-fn apply(index: &Index, h: &RecordHeader, segment: u64, at: u64, out: &mut Replayed) {
+fn apply(
+    index: &Index,
+    h: &RecordHeader,
+    segment: u64,
+    at: u64,
+    path: &Path,
+    out: &mut Replayed,
+) -> Result<(), WalError> {
     out.records += 1;
     out.next_seq = out.next_seq.max(h.seq + 1);
     match h.kind {
-        RecordKind::Data => {
+        RecordKind::Data { compressed: false } => {
             for k in 0..u64::from(h.count) {
                 let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
                 index.set(h.block + k, Some(Entry { seq: h.seq, state: BlockState::Pending { segment, offset } }));
+            }
+        }
+        RecordKind::Data { compressed: true } => {
+            // Checked against the CRC of the stored (compressed) payload; a read decompresses
+            // it, and a payload that does not decompress is then an error, never zeroes.
+            // Segments are at most 4 GiB (`VolumeConfig::validate`), so this cannot fail for
+            // a segment this program wrote.
+            let record = u32::try_from(at).map_err(|_| WalError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("compressed record at offset {at}, past 4 GiB"),
+            })?;
+            for idx in 0..h.count {
+                let state = BlockState::PendingLz4 { segment, record, idx };
+                index.set(h.block + u64::from(idx), Some(Entry { seq: h.seq, state }));
             }
         }
         RecordKind::Zero { keep_allocated } => {
@@ -261,6 +293,7 @@ fn apply(index: &Index, h: &RecordHeader, segment: u64, at: u64, out: &mut Repla
         }
         RecordKind::Pad => {}
     }
+    Ok(())
 }
 
 /// Bytes of a segment range, and its records with their absolute offsets.

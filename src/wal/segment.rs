@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  0 magic        [u8; 8] "SPILLWAL"
-//!  8 version      u32     1
+//!  8 version      u32     2 (1: written before LZ4 data records; still read)
 //! 12 block_size   u32     4096
 //! 16 segment_id   u64     unique, increasing; 0 never used
 //! 24 prev_id      u64     the segment written before this one (0: none)
@@ -22,7 +22,13 @@ use crate::io::File;
 use crate::wal::record::BLOCK_SIZE;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SPILLWAL";
-pub const SEGMENT_VERSION: u32 = 1;
+/// The version this build writes. Version 2 segments may hold LZ4 data records
+/// ([`crate::wal::record::FLAG_LZ4`]); a build that reads only version 1 refuses them
+/// instead of taking a compressed record for a torn tail.
+pub const SEGMENT_VERSION: u32 = 2;
+/// The oldest version this build reads (version 1 records are version 2 records without
+/// compression).
+pub const SEGMENT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Records start here, so that record writes are 4 KiB aligned in the file.
 pub const DATA_START: u64 = 4096;
@@ -39,7 +45,7 @@ pub struct SegmentHeader {
 pub enum SegmentHeaderError {
     #[error("not a spillway WAL segment (bad magic)")]
     Magic,
-    #[error("WAL segment version {0} is not supported (this build reads version 1)")]
+    #[error("WAL segment version {0} is not supported (this build reads versions 1 and 2)")]
     Version(u32),
     #[error("WAL segment block size {0} is not supported")]
     BlockSize(u32),
@@ -71,7 +77,7 @@ impl SegmentHeader {
         if u32_at(60) != crc32c::crc32c(&b[..60]) {
             return Err(SegmentHeaderError::Checksum);
         }
-        if u32_at(8) != SEGMENT_VERSION {
+        if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&u32_at(8)) {
             return Err(SegmentHeaderError::Version(u32_at(8)));
         }
         if u32_at(12) != BLOCK_SIZE as u32 {
@@ -116,7 +122,7 @@ mod tests {
         let b = h.encode();
         let mut expect = Vec::new();
         expect.extend_from_slice(b"SPILLWAL");
-        expect.extend_from_slice(&[1, 0, 0, 0, 0, 0x10, 0, 0]);
+        expect.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0, 0]); // version 2, block size 4096
         expect.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]);
         expect.extend_from_slice(&[4, 0, 0, 0, 0, 0, 0, 0]);
         expect.extend_from_slice(&[0, 0x20, 0, 0, 0, 0, 0, 0]);
@@ -129,5 +135,21 @@ mod tests {
         bad[20] ^= 1;
         assert_eq!(SegmentHeader::decode(&bad), Err(SegmentHeaderError::Checksum));
         assert_eq!(SegmentHeader::decode(&[0u8; 64]), Err(SegmentHeaderError::Magic));
+    }
+
+    /// Re-encode `b` with another version and a fresh checksum.
+    fn with_version(mut b: [u8; SEGMENT_HEADER_LEN], v: u32) -> [u8; SEGMENT_HEADER_LEN] {
+        b[8..12].copy_from_slice(&v.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_is_read_and_later_versions_refused() {
+        let h = SegmentHeader { id: 7, prev_id: 6, prev_end: 4096, volume_id: [1; 16] };
+        assert_eq!(SegmentHeader::decode(&with_version(h.encode(), 1)), Ok(h));
+        assert_eq!(SegmentHeader::decode(&with_version(h.encode(), 3)), Err(SegmentHeaderError::Version(3)));
+        assert_eq!(SegmentHeader::decode(&with_version(h.encode(), 0)), Err(SegmentHeaderError::Version(0)));
     }
 }

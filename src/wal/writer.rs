@@ -14,12 +14,12 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::hold::Hold;
-use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN};
+use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN, RECORD_ALIGN};
 use super::segment::{Segment, SegmentHeader, DATA_START};
 use super::{SyncPolicy, WalError};
 use crate::io::{File, FileSystem};
 use crate::store::arena::{Arena, SlotId};
-use crate::store::index::Index;
+use crate::store::index::{BlockState, Index};
 
 /// One write of the batch buffer is at most this large; a bigger batch makes several
 /// writes and still one sync.
@@ -72,6 +72,9 @@ pub struct WalConfig {
     /// write or shutdown needs it logged ([`super::hold`]); in batched mode also for at
     /// most one sync interval. 0: log at once. Strict mode never holds.
     pub hold_bytes: u64,
+    /// Store data records as LZ4 when that saves at least an eighth of their bytes
+    /// (`docs/wal.md`); incompressible data stays raw.
+    pub compress_lz4: bool,
 }
 
 /// The state shared by the volume and the writer thread.
@@ -234,6 +237,13 @@ pub struct Writer {
     /// When the oldest item of the batch being logged came, if it was held: its data has
     /// been unsynced since then, as far as the batched mode's interval is concerned.
     held_since: Option<Instant>,
+    /// LZ4 mode: a record's raw blocks side by side, and their compressed form (kept at
+    /// the largest size needed, so the hot path does not allocate).
+    raw_scratch: Vec<u8>,
+    lz4_scratch: Vec<u8>,
+    /// Raw bytes of the data records logged, and the payload bytes stored for them.
+    data_bytes_metric: metrics::Counter,
+    stored_bytes_metric: metrics::Counter,
 }
 
 /// Where a record of the current batch went.
@@ -241,6 +251,8 @@ struct Placed {
     item: usize,
     segment: u64,
     offset: u64,
+    /// Stored as LZ4: its blocks are read by decompressing the record.
+    compressed: bool,
 }
 
 impl Writer {
@@ -277,7 +289,18 @@ impl Writer {
             starting: true,
             hold: None,
             held_since: None,
+            raw_scratch: Vec::new(),
+            lz4_scratch: Vec::new(),
+            data_bytes_metric: metrics::counter!(crate::metrics::WAL_DATA_BYTES),
+            stored_bytes_metric: metrics::counter!(crate::metrics::WAL_STORED_BYTES),
         };
+        if w.cfg.segment_bytes > u64::from(u32::MAX) {
+            // The index keeps an LZ4 record's offset in 32 bits.
+            return Err(WalError::io(
+                format!("WAL segment size {} is over 4 GiB", w.cfg.segment_bytes),
+                std::io::ErrorKind::InvalidInput.into(),
+            ));
+        }
         if w.cfg.policy.durability != super::Durability::Strict && w.cfg.hold_bytes > 0 {
             // Batched mode holds for at most one interval; relaxed and async until needed.
             w.hold = Some(Hold::new(w.cfg.hold_bytes, w.cfg.policy.deadline()));
@@ -404,8 +427,8 @@ impl Writer {
             }
             let offset = self.off + self.buf.len() as u64;
             let header = RecordHeader { segment: self.current.id, synced_to: self.synced_to as u32, ..header };
-            self.append(&header, slots);
-            placed.push(Placed { item: i, segment: self.current.id, offset });
+            let compressed = self.append(&header, slots);
+            placed.push(Placed { item: i, segment: self.current.id, offset, compressed });
         }
         self.write_out(items, &mut placed)?;
         self.batch_items_metric.record(items.len() as f64);
@@ -424,13 +447,62 @@ impl Writer {
         Ok(())
     }
 
-    /// Encode one record into the batch buffer, copying block data out of the arena.
-    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) {
-        let guards: Vec<_> = slots.iter().map(|&s| self.shared.arena.read(s)).collect();
-        let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
-        self.buf.extend_from_slice(&header.encode(&pieces));
-        for p in pieces {
-            self.buf.extend_from_slice(p);
+    /// Encode one record into the batch buffer, copying block data out of the arena. In
+    /// LZ4 mode a data record is stored compressed when that saves at least an eighth of
+    /// its bytes; returns whether it was.
+    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> bool {
+        if slots.is_empty() {
+            self.buf.extend_from_slice(&header.encode(&[]));
+            return false;
+        }
+        let raw_len = slots.len() * BLOCK_SIZE;
+        self.data_bytes_metric.increment(raw_len as u64);
+        if !self.cfg.compress_lz4 {
+            let guards: Vec<_> = slots.iter().map(|&s| self.shared.arena.read(s)).collect();
+            let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
+            self.buf.extend_from_slice(&header.encode(&pieces));
+            for p in pieces {
+                self.buf.extend_from_slice(p);
+            }
+            self.stored_bytes_metric.increment(raw_len as u64);
+            return false;
+        }
+        // LZ4 wants the blocks side by side.
+        self.raw_scratch.clear();
+        for &s in slots {
+            self.raw_scratch.extend_from_slice(&self.shared.arena.read(s)[..]);
+        }
+        let max = lz4_flex::block::get_maximum_output_size(raw_len);
+        if self.lz4_scratch.len() < max {
+            self.lz4_scratch.resize(max, 0);
+        }
+        let packed = lz4_flex::block::compress_into(&self.raw_scratch, &mut self.lz4_scratch).ok();
+        match packed.filter(|&n| n > 0 && n < raw_len - raw_len / 8) {
+            Some(n) => {
+                let payload = &self.lz4_scratch[..n];
+                let h = RecordHeader::data_lz4(
+                    header.segment,
+                    header.seq,
+                    header.block,
+                    header.count,
+                    n as u32,
+                    header.synced_to,
+                );
+                self.buf.extend_from_slice(&h.encode(&[payload]));
+                self.buf.extend_from_slice(payload);
+                // Zeroes up to the next record's 16-byte boundary (not in the checksum).
+                let padded = (n as u64).next_multiple_of(RECORD_ALIGN) as usize;
+                self.buf.resize(self.buf.len() + padded - n, 0);
+                self.stored_bytes_metric.increment(n as u64);
+                true
+            }
+            None => {
+                // Does not compress enough: stored raw, at no extra cost on disk.
+                self.buf.extend_from_slice(&header.encode(&[&self.raw_scratch]));
+                self.buf.extend_from_slice(&self.raw_scratch);
+                self.stored_bytes_metric.increment(raw_len as u64);
+                false
+            }
         }
     }
 
@@ -469,9 +541,20 @@ impl Writer {
         for p in placed.drain(..) {
             let item = &items[p.item];
             if let Op::Data { seq, block, slots } = &item.op {
-                for (k, _) in slots.iter().enumerate() {
-                    let at = p.offset + HEADER_LEN as u64 + (k * BLOCK_SIZE) as u64;
-                    if let Some(slot) = self.shared.index.settle(block + k as u64, *seq, p.segment, at) {
+                // Segments are at most 4 GiB (checked in `Writer::start`).
+                let record = u32::try_from(p.offset).map_err(|_| {
+                    WalError::io(format!("WAL offset {} past 4 GiB", p.offset), std::io::ErrorKind::InvalidData.into())
+                })?;
+                for k in 0..slots.len() {
+                    let wal = if p.compressed {
+                        BlockState::PendingLz4 { segment: p.segment, record, idx: k as u32 }
+                    } else {
+                        BlockState::Pending {
+                            segment: p.segment,
+                            offset: p.offset + (HEADER_LEN + k * BLOCK_SIZE) as u64,
+                        }
+                    };
+                    if let Some(slot) = self.shared.index.settle(block + k as u64, *seq, wal) {
                         self.shared.arena.release(slot);
                     }
                 }

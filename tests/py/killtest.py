@@ -46,8 +46,11 @@ sabotage  Test aid proving that verify detects violations: after a write
           `sabotage: KIND block B ...` per block.
 
 Block content identifies itself: a 32-byte header (magic, block number,
-write id, generation) followed by shake_128(header) bytes, so any 4 KiB block
-read back is either zeros, exactly one written version, or detectably bad.
+write id, generation) followed by shake_128(header) bytes up to 2 KiB, and the
+same 2 KiB again, so any 4 KiB block read back is either zeros, exactly one
+written version, or detectably bad (every 512-byte sector of it depends on
+the version). The repeat makes blocks compress by about half, so that
+`--wal-compress lz4` stores them as LZ4 records.
 Write ids are (generation << 32) | counter; the generation is the write
 phase's number in the state file.
 """
@@ -85,7 +88,8 @@ DISCONNECT_ERRNOS = {
 def block_content(block, wid):
     gen = wid >> 32
     hdr = HDR.pack(MAGIC, block, wid, gen)
-    return hdr + hashlib.shake_128(hdr).digest(BS - HDR.size)
+    half = hdr + hashlib.shake_128(hdr).digest(BS // 2 - HDR.size)
+    return half + half
 
 
 def identify(data):
