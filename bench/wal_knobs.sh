@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The WAL knobs the platform profiles set (docs/profiles.md): how each configuration
-# changes what the log writes. fio writes 4 KiB blocks at random (no FLUSH) for RUNTIME
+# changes what the log writes. fio writes 4 KiB blocks at random (FLUSH: see FSYNC) for RUNTIME
 # seconds against `spillway serve --durability MODE`, once per configuration, workload
 # and data kind; spillway's own metrics (--metrics-listen, scraped before the server
 # stops) give what the WAL did:
 #   - WAL bytes per written byte: spillway_wal_written_bytes_total over
 #     spillway_nbd_bytes_total{op="write"}, scraped once nothing is left to log (record
-#     headers and padding included: the
-#     log's write amplification, which an SD card pays in time and in wear);
+#     headers and padding included: the log's write amplification, which an SD card
+#     pays in time and in wear);
 #   - WAL writes (pwrite calls) and syncs per 1,000 blocks written;
+#   - the server's CPU time (user + system) per 1,000 blocks, over the whole run;
 #   - IOPS, and with EMULATE set, IOPS on an emulated slow device.
 #
 # Environment (see also bench/durable_lib.sh):
@@ -16,6 +17,7 @@
 #   MODE=batched       durability mode of every run
 #   DEPTHS="1 32"      fio iodepths
 #   COMPRESS="0 50"    fio buffer_compress_percentage per run (0: random data)
+#   FSYNC=0            fio sends a FLUSH every FSYNC writes (0: never)
 #   EMULATE=""         more serve flags for every run, e.g. the SD-card emulation
 #                      "--inject-sync-latency 10ms --inject-write-bandwidth 20M"
 #   RUNTIME=10  REGION=256m  SIZE=1G  ROUNDS=1
@@ -33,6 +35,7 @@ CONFIGS=${CONFIGS:-base=;append1M=--wal-append 1M}
 MODE=${MODE:-batched}
 DEPTHS=${DEPTHS:-1 32}
 COMPRESS=${COMPRESS:-0 50}
+FSYNC=${FSYNC:-0}
 EMULATE=${EMULATE:-}
 RUNTIME=${RUNTIME:-10}
 REGION=${REGION:-256m}
@@ -45,6 +48,7 @@ JOB=$HERE/fio/wal-randwrite-4k.fio
 [[ $MODE =~ ^(strict|batched|relaxed|async)$ ]] || die "unknown mode '$MODE'"
 [[ $RUNTIME =~ ^[1-9][0-9]*$ ]] || die "RUNTIME must be a positive integer (seconds), got '$RUNTIME'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
+[[ $FSYNC =~ ^[0-9]+$ ]] || die "FSYNC must be a number, got '$FSYNC'"
 need_tools fio timeout flock pgrep curl "$PYTHON"
 need_fio_nbd
 IFS=';' read -r -a CL <<<"$CONFIGS"
@@ -60,14 +64,14 @@ build_spillway
 make_out wal-knobs
 snapshot_spillway
 
-CMD="CONFIGS=\"$CONFIGS\" MODE=$MODE DEPTHS=\"$DEPTHS\" COMPRESS=\"$COMPRESS\" EMULATE=\"$EMULATE\" RUNTIME=$RUNTIME REGION=$REGION ROUNDS=$ROUNDS PIN=$PIN $0"
+CMD="CONFIGS=\"$CONFIGS\" MODE=$MODE DEPTHS=\"$DEPTHS\" COMPRESS=\"$COMPRESS\" FSYNC=$FSYNC EMULATE=\"$EMULATE\" RUNTIME=$RUNTIME REGION=$REGION ROUNDS=$ROUNDS PIN=$PIN $0"
 {
     echo "# spillway WAL knobs: what the log writes per configuration"
     echo
     echo "- command: $CMD"
     env_header
     echo "- spillway serve --profile server --durability $MODE --size $SIZE $EMULATE CONFIG_FLAGS --metrics-listen 127.0.0.1:PORT"
-    echo "- fio: bench/fio/wal-randwrite-4k.fio, 4 KiB random writes, one connection, region $REGION, ${RUNTIME}s, no FLUSH"
+    echo "- fio: bench/fio/wal-randwrite-4k.fio, 4 KiB random writes, one connection, region $REGION, ${RUNTIME}s, a FLUSH every $FSYNC writes (0: none)"
     echo "- fresh data dir per run; configs: $CONFIGS; iodepths: $DEPTHS; compressibility: $COMPRESS; rounds: $ROUNDS"
 } >"$OUT/env.md"
 cat "$OUT/env.md"
@@ -90,7 +94,7 @@ run_one() {
     mport=$(free_port)
     start_spillway "$slog" "$dir/spillway-data" --size "$SIZE" --durability "$MODE" --profile server \
         --metrics-listen "127.0.0.1:$mport" ${EM[@]+"${EM[@]}"} ${extra[@]+"${extra[@]}"}
-    run_fio "$json" "$flog" "$JOB" "nbd://127.0.0.1:$PORT" REGION="$REGION" IODEPTH="$depth" COMPRESS="$comp"
+    run_fio "$json" "$flog" "$JOB" "nbd://127.0.0.1:$PORT" REGION="$REGION" IODEPTH="$depth" COMPRESS="$comp" FSYNC="$FSYNC"
     rc=$FIO_RC
     # Scrape once the writer has caught up (nothing dirty left), so that every written
     # byte is in the WAL counts; relaxed and async modes hold data until a FLUSH and
@@ -110,6 +114,8 @@ run_one() {
         sleep 0.1
         waited=$((waited + 1))
     done
+    # The server's CPU time (user + system clock ticks) over the whole run.
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$SPW_PID/stat" >"$OUT/raw/$stem.cpu" 2>/dev/null || :
     stop_server "$SPW_PID" spillway
     SPW_PID=""
     remove_run_data "$dir"
@@ -150,8 +156,8 @@ def metric(text, name):
             return float(line.split()[-1])
     return 0.0
 
-print("| config | iodepth | data | IOPS | WAL bytes per written byte | WAL writes per 1k blocks | syncs per 1k blocks |")
-print("|---|---:|---|---:|---:|---:|---:|")
+print("| config | iodepth | data | IOPS | WAL bytes per written byte | WAL writes per 1k blocks | syncs per 1k blocks | server CPU ms per 1k blocks |")
+print("|---|---:|---|---:|---:|---:|---:|---:|")
 for d in depths:
     for c in comps:
         for l in labels:
@@ -168,15 +174,20 @@ for d in depths:
                 if written <= 0:
                     continue
                 blocks = written / 4096
+                try:
+                    cpu = float(open(stem + ".cpu").read())
+                except (OSError, ValueError):
+                    cpu = float("nan")
                 rows.append((iops, metric(m, "spillway_wal_written_bytes_total") / written,
                              1000 * metric(m, "spillway_wal_writes_total") / blocks,
-                             1000 * metric(m, "spillway_wal_sync_seconds_count") / blocks))
+                             1000 * metric(m, "spillway_wal_sync_seconds_count") / blocks,
+                             1e6 * cpu / blocks))
             if not rows:
-                print(f"| {l} | {d} | {c} % | failed | | | |")
+                print(f"| {l} | {d} | {c} % | failed | | | | |")
                 continue
-            med = [statistics.median(x[i] for x in rows) for i in range(4)]
+            med = [statistics.median(x[i] for x in rows) for i in range(5)]
             data = "random" if c == "0" else f"{c} % compressible"
-            print(f"| {l} | {d} | {data} | {med[0]:,.0f} | {med[1]:.2f} | {med[2]:.1f} | {med[3]:.2f} |")
+            print(f"| {l} | {d} | {data} | {med[0]:,.0f} | {med[1]:.2f} | {med[2]:.1f} | {med[3]:.2f} | {med[4]:.0f} |")
 EOF
     if [[ -s $OUT/notes.md ]]; then
         echo

@@ -633,7 +633,15 @@ fn kill9_strict() {
 
 #[test]
 fn kill9_batched() {
-    run_kill_test(KillTest { name: "kill9_batched", mode: "batched", conns: 1, flush_elsewhere: false, extra: &[] });
+    // Every batch appended at once; the other batched tests run with serve's default
+    // --wal-append (writes held in memory until 1 MiB, a FLUSH or the interval).
+    run_kill_test(KillTest {
+        name: "kill9_batched",
+        mode: "batched",
+        conns: 1,
+        flush_elsewhere: false,
+        extra: &["--wal-append", "0"],
+    });
 }
 
 #[test]
