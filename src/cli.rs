@@ -192,6 +192,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub inject_write_bandwidth: Option<u64>,
 
+    /// Benchmarks only: add this much latency to every call to the object backend (a
+    /// distant S3 endpoint, a slow uplink).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub inject_backend_latency: Option<Duration>,
+
     /// Tests only: read /proc and /sys below this directory instead of /, to fake a
     /// platform for detection (docs/profiles.md).
     #[arg(long, value_name = "DIR", hide = true, default_value = "/")]

@@ -31,6 +31,7 @@ struct Run {
     s: Settings,
     inject_sync_latency: Option<Duration>,
     inject_write_bandwidth: Option<u64>,
+    inject_backend_latency: Option<Duration>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -66,6 +67,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         s: r.settings,
         inject_sync_latency: args.inject_sync_latency,
         inject_write_bandwidth: args.inject_write_bandwidth,
+        inject_backend_latency: args.inject_backend_latency,
     }))
 }
 
@@ -134,6 +136,15 @@ async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
             let backend =
                 crate::backend::for_volume(args.backend.as_deref(), args.s3_endpoint.as_deref(), &dir, &dir_name)
                     .with_context(|| format!("opening the backend of volume {name:?}"))?;
+            let backend: crate::backend::DynBackend = match run.inject_backend_latency {
+                Some(d) => {
+                    let slow = crate::backend::faulty::FaultyBackend::new(backend);
+                    *slow.faults.latency.lock() = d;
+                    warn!("benchmark mode: every backend call of volume {name:?} takes {d:?} longer");
+                    Arc::new(slow)
+                }
+                None => backend,
+            };
             let cfg = args.volume_config();
             let v = Volume::open(Arc::clone(&fs), &dir, backend, cfg)
                 .await

@@ -301,9 +301,12 @@ impl Spiller {
     }
 
     /// Sealed segments kept unspilled at most (without an urgent or aged spill): three
-    /// quarters of the WAL bound, leaving room for the writer while the oldest spill.
+    /// quarters of the WAL bound, leaving room for the writer while the oldest spill. At
+    /// most the bound less two: a full WAL (the bound, less the segment being written) must
+    /// be past the mark, or a writer waiting for a segment would wait for the aged spill.
     fn high_water(&self) -> u64 {
-        (self.max_segments as u64 * 3 / 4).max(1)
+        let max = self.max_segments as u64;
+        (max * 3 / 4).min(max.saturating_sub(2)).max(1)
     }
 
     /// Spill records from the spill position up to `to` (a `(segment, 0)` target means up to

@@ -70,6 +70,7 @@ mod tests {
         // Benchmarks only.
         "inject-sync-latency",
         "inject-write-bandwidth",
+        "inject-backend-latency",
         // Tests only (hidden).
         "detect-root",
         "help",
