@@ -53,6 +53,8 @@ pub struct Progress {
 
 struct Queue {
     items: Vec<Item>,
+    /// Block data in `items`, for the lazy wake-up ([`Shared::submit`]).
+    bytes: u64,
     next_lsn: u64,
     closing: bool,
 }
@@ -98,13 +100,24 @@ pub struct Shared {
     recyclable_before: AtomicU64,
     /// Wakes the spiller when a segment is sealed.
     pub spill_wake: tokio::sync::Notify,
+    /// Relaxed and async modes with holding: the writer would only hold a plain write, so
+    /// it is woken once [`LAZY_WAKE_BYTES`] or [`LAZY_WAKE_ITEMS`] are queued, or by a
+    /// FLUSH, a FUA write or the close, not by every write.
+    lazy_wake: AtomicBool,
 }
+
+/// Queued block data that wakes a lazily woken writer (it then frees what rewrites made
+/// unneeded, [`super::hold`]).
+const LAZY_WAKE_BYTES: u64 = 1 << 20;
+/// Queued items (tombstones carry no data) that wake a lazily woken writer.
+const LAZY_WAKE_ITEMS: usize = 1024;
 
 impl Shared {
     pub fn new(index: Arc<Index>, arena: Arc<Arena>, dirty: Arc<Semaphore>, next_lsn: u64) -> Arc<Self> {
         let (progress, _) = watch::channel(Progress { written: next_lsn, durable: next_lsn, poisoned: false });
         Arc::new(Self {
-            queue: Mutex::new(Queue { items: Vec::new(), next_lsn, closing: false }),
+            queue: Mutex::new(Queue { items: Vec::new(), bytes: 0, next_lsn, closing: false }),
+            lazy_wake: AtomicBool::new(false),
             wake: Condvar::new(),
             progress,
             poisoned: AtomicBool::new(false),
@@ -167,9 +180,19 @@ impl Shared {
         }
         q.next_lsn += 1;
         let lsn = q.next_lsn;
+        let barrier = force_sync || matches!(op, Op::Sync);
+        if let Op::Data { slots, .. } = &op {
+            q.bytes += (slots.len() * BLOCK_SIZE) as u64;
+        }
         q.items.push(Item { op, force_sync, lsn });
+        let wake = barrier
+            || !self.lazy_wake.load(Ordering::Relaxed)
+            || q.bytes >= LAZY_WAKE_BYTES
+            || q.items.len() >= LAZY_WAKE_ITEMS;
         drop(q);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         Ok(lsn)
     }
 
@@ -304,6 +327,10 @@ impl Writer {
         if w.cfg.policy.durability != super::Durability::Strict && w.cfg.hold_bytes > 0 {
             // Batched mode holds for at most one interval; relaxed and async until needed.
             w.hold = Some(Hold::new(w.cfg.hold_bytes, w.cfg.policy.deadline()));
+            // Without a deadline, a plain write only joins the hold: no need to wake the
+            // writer for each one (a futex wake and two context switches per write).
+            let lazy = w.cfg.policy.deadline().is_none() && w.cfg.hold_bytes >= 2 * LAZY_WAKE_BYTES;
+            w.shared.lazy_wake.store(lazy, Ordering::Relaxed);
         }
         *w.shared.durable_pos.lock() = prev;
         w.open_next()?;
@@ -327,6 +354,7 @@ impl Writer {
                         None => self.shared.wake.wait(&mut q),
                     }
                 }
+                q.bytes = 0;
                 (std::mem::take(&mut q.items), q.closing)
             };
             let Some(items) = self.hold_back(items, closing) else { continue };
@@ -389,6 +417,7 @@ impl Writer {
             }
         }
         items.append(&mut q.items);
+        q.bytes = 0;
         items
     }
 
