@@ -6,11 +6,11 @@
 //! the older version's memory and dirty budget go back at once.
 //!
 //! Why dropping the older version keeps every promise: a held item's reply promised
-//! nothing durable (batched, relaxed and async reply at once, and a FUA write or a FLUSH makes the
-//! writer log everything held). Everything held is logged in one batch, in queue order,
-//! and that batch's sync is published only after all of it is written, so a FLUSH that
-//! came between the two versions is answered only once the newer one is durable, which a
-//! read would return anyway.
+//! nothing durable (batched, relaxed and async reply at once, and a FUA write or a FLUSH
+//! makes the writer log everything held). Everything held is logged in one batch, in
+//! queue order, and that batch's sync is published only after all of it is written, so a
+//! FLUSH that came between the two versions is answered only once the newer one is
+//! durable, which a read would return anyway.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
