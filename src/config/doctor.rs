@@ -99,7 +99,8 @@ pub const MEASURE_WRITES: usize = 1000;
 pub const MEASURE_SYNCS: usize = 50;
 
 /// Time `writes` 4 KiB writes and `syncs` fdatasyncs (each after a 4 KiB write) in a
-/// temporary file in `dir`, preallocated as the WAL's segments are. The file is removed.
+/// temporary file in `dir`, written through first as the WAL's new segments are. The file
+/// is removed.
 pub fn measure(fs: &dyn FileSystem, dir: &Path, writes: usize, syncs: usize) -> Result<Measurement, DoctorError> {
     fs.create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let path = dir.join(format!(".spillway-doctor-{}.tmp", std::process::id()));
@@ -114,8 +115,12 @@ fn measure_in(fs: &dyn FileSystem, path: &Path, writes: usize, syncs: usize) -> 
     const BLOCK: usize = 4096;
     let what = || format!("measuring in {}", path.display());
     let f = fs.open(path, true).map_err(io_err(what()))?;
-    f.allocate(((writes + syncs) * BLOCK) as u64).map_err(io_err(what()))?;
-    // Make the preallocation itself durable first, so the timed syncs do not pay for it.
+    let len = (writes + syncs) * BLOCK;
+    f.allocate(len as u64).map_err(io_err(what()))?;
+    // Written through with zeroes and synced first, as new WAL segments are
+    // (`wal::prepare`): the timed syncs then pay for data only, as the WAL's do, and not
+    // for the preallocation or its unwritten extents.
+    f.write_all_vectored_at(&[IoSlice::new(&vec![0u8; len])], 0).map_err(io_err(what()))?;
     f.sync_data().map_err(io_err(what()))?;
     let block = vec![0x5au8; BLOCK];
     let mut w = Vec::with_capacity(writes);

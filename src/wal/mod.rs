@@ -3,6 +3,7 @@
 
 pub mod durability;
 pub mod hold;
+pub mod prepare;
 pub mod record;
 pub mod replay;
 pub mod segment;

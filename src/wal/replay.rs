@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use super::segment::{Segment, SegmentHeader, DATA_START, SEGMENT_HEADER_LEN};
@@ -83,6 +83,11 @@ pub fn replay(
                     min: super::segment::SEGMENT_VERSION_MIN,
                     max: super::segment::SEGMENT_VERSION,
                 })
+            }
+            // A file written through with zeroes and never used (`prepare`).
+            Err(_) if hb.iter().all(|&b| b == 0) => {
+                debug!(path = %path.display(), "unused WAL slot");
+                free_slots.push((name, file));
             }
             Err(e) => {
                 // Headers are synced before a segment takes records, so a bad header is a

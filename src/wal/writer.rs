@@ -14,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::hold::Hold;
+use super::prepare::{self, Spare};
 use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN, RECORD_ALIGN};
 use super::segment::{Segment, SegmentHeader, DATA_START};
 use super::{SyncPolicy, WalError};
@@ -240,6 +241,11 @@ pub struct Writer {
     /// Recycled slot files ready for reuse.
     free_slots: Vec<(String, Arc<dyn File>)>,
     next_slot: u64,
+    /// A new segment file being written through for a later roll (`prepare`).
+    spare: Option<Spare>,
+    /// No segment file existed at start: a new volume, whose first segment is written
+    /// through before it is used.
+    fresh: bool,
     buf: Vec<u8>,
     /// Items in the last batch that was synced, and how long its sync took (group commit).
     last_batch: usize,
@@ -298,8 +304,10 @@ impl Writer {
             synced_to: prev.1,
             first_unsynced: None,
             unsynced_bytes: 0,
+            fresh: next_slot <= 1 && free_slots.is_empty(),
             free_slots,
             next_slot,
+            spare: None,
             buf: Vec::with_capacity(1 << 20),
             last_batch: 0,
             last_sync: Duration::ZERO,
@@ -373,6 +381,12 @@ impl Writer {
                 if !self.shared.is_poisoned() && self.unsynced_bytes > 0 {
                     if let Err(e) = self.sync() {
                         self.shared.poison(&e);
+                    }
+                }
+                if let Some(spare) = self.spare.take() {
+                    // Not left writing into the directory after the volume closed.
+                    if let Err(e) = spare.finish() {
+                        warn!(error = %e, "preparing a WAL segment file failed");
                     }
                 }
                 debug!("WAL writer stopped");
@@ -460,6 +474,7 @@ impl Writer {
             placed.push(Placed { item: i, segment: self.current.id, offset, compressed });
         }
         self.write_out(items, &mut placed)?;
+        self.prepare_next();
         self.batch_items_metric.record(items.len() as f64);
         self.batch_bytes_metric.record(std::mem::take(&mut self.batch_bytes) as f64);
         let unsynced_for = self.first_unsynced.map_or(Duration::ZERO, |t| t.elapsed());
@@ -673,8 +688,18 @@ impl Writer {
             if let Some(s) = self.free_slots.pop() {
                 return Ok(s);
             }
+            if let Some(s) = self.take_spare(false) {
+                return Ok(s);
+            }
             let open = self.shared.segments.read().len();
             if open < self.cfg.max_segments || self.shared.is_closing() || self.starting {
+                // A spare still being written counts against the bound: near it, wait for
+                // the spare rather than create one file more than the bound allows.
+                if self.spare.is_some() && open + 2 > self.cfg.max_segments {
+                    if let Some(s) = self.take_spare(true) {
+                        return Ok(s);
+                    }
+                }
                 break;
             }
             if !waited {
@@ -688,14 +713,47 @@ impl Writer {
         if waited {
             info!("WAL has room again");
         }
+        let name = self.new_slot_name();
+        // No client waits yet while a new volume starts: its first segment is written
+        // through now. Later ones come from `prepare_next`, or preallocated only if that
+        // is not ready in time.
+        let write_through = self.starting && self.fresh;
+        let file = prepare::create(self.fs.as_ref(), &self.cfg.dir, &name, self.cfg.segment_bytes, write_through)?;
+        Ok((name, file))
+    }
+
+    /// The prepared spare file, if it is ready (or, with `wait`, once it is).
+    fn take_spare(&mut self, wait: bool) -> Option<(String, Arc<dyn File>)> {
+        if !wait && !self.spare.as_ref().is_some_and(Spare::is_ready) {
+            return None;
+        }
+        match self.spare.take()?.finish() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "preparing a WAL segment file failed; creating one without");
+                None
+            }
+        }
+    }
+
+    fn new_slot_name(&mut self) -> String {
         let name = format!("wal-{:06}.seg", self.next_slot);
         self.next_slot += 1;
-        let path = self.cfg.dir.join(&name);
-        let file = self.fs.open(&path, true).map_err(|e| WalError::io(format!("creating {}", path.display()), e))?;
-        file.allocate(self.cfg.segment_bytes)
-            .map_err(|e| WalError::io(format!("preallocating {}", path.display()), e))?;
-        self.fs.sync_dir(&self.cfg.dir).map_err(|e| WalError::io(format!("syncing {}", self.cfg.dir.display()), e))?;
-        Ok((name, file))
+        name
+    }
+
+    /// Once the open segment is half full, start writing the next segment's file through
+    /// if the next roll would otherwise create one: no recycled slot waits, and the WAL
+    /// has room for another segment.
+    fn prepare_next(&mut self) {
+        if self.spare.is_some() || !self.free_slots.is_empty() || self.off < self.cfg.segment_bytes / 2 {
+            return;
+        }
+        if self.shared.segments.read().len() >= self.cfg.max_segments {
+            return;
+        }
+        let name = self.new_slot_name();
+        self.spare = Spare::start(Arc::clone(&self.fs), self.cfg.dir.clone(), name, self.cfg.segment_bytes);
     }
 
     fn recycle_oldest(&mut self) -> Option<(String, Arc<dyn File>)> {
