@@ -231,6 +231,22 @@ env_header() {
     echo "- lock: $LOCK; CPU pinning: PIN=$PIN${PIN_SERVER:+ (servers: ${PIN_SERVER[*]}, fio: ${PIN_FIO[*]})}"
 }
 
+# ---------------------------------------------------------------- costs
+# proc_cpu_seconds PID -> user + system CPU seconds of the process so far (all its
+# threads), or nan if it is gone.
+proc_cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo nan
+}
+
+# data_disk_written -> bytes written so far to the block device that holds the data
+# (from /proc/diskstats), or nan when that device is not known.
+data_disk_written() {
+    local dev
+    dev=$(df -P "$RUN_TMP" 2>/dev/null | awk 'NR==2 {print $1}')
+    dev=${dev#/dev/}
+    awk -v d="$dev" '$3 == d { printf "%.0f\n", $10 * 512; found = 1 } END { if (!found) print "nan" }' /proc/diskstats
+}
+
 # ---------------------------------------------------------------- servers
 strip_ansi() { sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$1"; }
 

@@ -141,6 +141,40 @@ def load_runs(raw_dir, pattern):
     return runs, problems
 
 
+# ---------------------------------------------------------------- costs
+GIB = float(1 << 30)
+
+
+def run_cost(json_path):
+    """What one run cost, from the fio JSON and the .cost file beside it:
+    {server_cpu, fio_cpu (seconds), moved, written (bytes fio moved / wrote), disk (bytes
+    written to the data disk)}; None without a .cost file. Every fio job counts (the read
+    workloads' untimed write pass too), as the server's CPU time covers them all."""
+    cost = json_path[: -len(".json")] + ".cost"
+    try:
+        server_cpu, disk = (float(x) for x in open(cost).read().split()[:2])
+        jobs = load_fio_json(json_path)["jobs"]
+    except (OSError, ValueError, KeyError):
+        return None
+    fio_cpu = sum((j["usr_cpu"] + j["sys_cpu"]) / 100.0 * j["job_runtime"] / 1000.0 for j in jobs)
+    written = sum(j["write"]["io_bytes"] for j in jobs)
+    moved = written + sum(j["read"]["io_bytes"] for j in jobs)
+    return {"server_cpu": server_cpu, "fio_cpu": fio_cpu, "moved": moved, "written": written, "disk": disk}
+
+
+def cost_row(p, w, label, costs):
+    """One row of the cost table: medians over rounds, per GiB the client moved."""
+    def per_gib(key):
+        return median(c[key] / (c["moved"] / GIB) for c in costs if c["moved"])
+
+    server, fio = per_gib("server_cpu"), per_gib("fio_cpu")
+    amp = median(c["disk"] / c["written"] for c in costs if c["written"])
+    return (
+        f"| {p} | {w} | {label} | {server:.2f} | {fio:.2f} | {server + fio:.2f} | "
+        + (f"{amp:.2f} |" if amp == amp else "n/a |")
+    )
+
+
 # ---------------------------------------------------------------- peers
 PEER_NAME = re.compile(
     r"^(?P<workload>.+)\.r(?P<round>\d+)\.(?P<server>spillway|nbdkit)\.json(?P<failed>\.failed)?$"
@@ -156,6 +190,11 @@ def peers(out, pairings, workloads, target, nrounds):
     lat = [
         "| pairing | workload | server | p50 | p99 | p99.9 |",
         "|---|---|---|---:|---:|---:|",
+    ]
+    cost = [
+        "| pairing | workload | server | server CPU s per GiB | fio CPU s per GiB | together | "
+        "data-disk bytes written per byte fio wrote |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     problems = []
     for p in pairings:
@@ -204,7 +243,19 @@ def peers(out, pairings, workloads, target, nrounds):
                     continue
                 cells = [f"{median(x[q] for x in r.values()):,.1f}" for q, _ in PERCENTILES]
                 lat.append(f"| {p} | {w} | {srv_label} | " + " | ".join(cells) + " |")
+                costs = [run_cost(os.path.join(out, "raw", p, f"{w}.r{k}.{srv}.json")) for k in r]
+                costs = [c for c in costs if c]
+                if costs:
+                    cost.append(cost_row(p, w, srv_label, costs))
     text = lines + ["", "Completion latency (fio clat), median over the same rounds, microseconds:", ""] + lat
+    if len(cost) > 2:
+        text += [
+            "",
+            "Cost per GiB fio moved (median over the same rounds; the server's CPU from its start, "
+            "and fio's, cover every fio job including the read workloads' write pass; disk bytes "
+            "are counted until the server stopped, so writes still in the page cache then are not):",
+            "",
+        ] + cost
     if problems:
         text += ["", "Problems:"] + [f"- {x}" for x in problems]
     return "\n".join(text)

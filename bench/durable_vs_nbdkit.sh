@@ -14,6 +14,10 @@
 # benchmark lock (flock /tmp/spillway-bench.lock). It prints the median IOPS
 # and MiB/s over rounds and the ratio spillway/peer.
 #
+# A second table gives what each run cost per GiB the client moved: the server's CPU
+# seconds, fio's CPU seconds, and the bytes written to the data disk per byte fio wrote.
+# On a small machine fio and the server share the CPUs, so these bound the ratio.
+#
 # Environment (see also bench/durable_lib.sh):
 #   ROUNDS=3         rounds
 #   RUNTIME=10       seconds per timed fio run
@@ -150,16 +154,22 @@ attempt() {
             pid=$NBK_PID
             ;;
     esac
-    local load_at_start
+    local load_at_start disk0 cpu
     load_at_start=$(loadavg1)
+    disk0=$(data_disk_written)
 
     run_fio "$json" "$flog" "$HERE/fio/$w.fio" "nbd://127.0.0.1:$PORT"
     local rc=$FIO_RC
+    cpu=$(proc_cpu_seconds "$pid")
 
     local died=0
     kill -0 "$pid" 2>/dev/null || died=1
     stop_server "$pid" "$server"
     local src=$STOP_RC
+    # What the run cost: the server's CPU seconds (start-up to the end of fio) and the
+    # bytes written to the data disk until the server stopped (durable_summarize.py).
+    echo "$cpu $(awk -v a="$disk0" -v b="$(data_disk_written)" 'BEGIN { print (a == "nan" || b == "nan") ? "nan" : b - a }')" \
+        >"${json%.json}.cost"
     if [[ $server == spillway ]]; then SPW_PID=""; else NBK_PID=""; fi
     remove_run_data "$dir"
     if ((died)); then

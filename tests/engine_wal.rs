@@ -823,8 +823,8 @@ fn written_through(log: &[(String, FileEvent)], name: &str) -> (u64, bool) {
 async fn new_segment_files_are_written_through_before_they_take_records() {
     // A preallocated file's syncs also commit the file system's unwritten-extent
     // conversions; a file written through once does not (docs/wal.md). A new volume writes
-    // its first segment through at start-up, and a thread prepares each later new file
-    // while the open segment fills, so the writer never takes a half-written file.
+    // its first segment through at start-up; while a segment with frequent syncs fills, a
+    // thread prepares the next new file, and the writer never takes a half-written one.
     let dir = tempfile::tempdir().unwrap();
     let log: FileLog = Arc::default();
     let seg = 1u64 << 20;
@@ -837,8 +837,9 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
     let v = open_recorded(c.clone()).await;
     // Written through and synced, then given its header.
     assert_eq!(written_through(&log.lock(), "wal-000001.seg"), (seg, true), "first segment, at start-up");
-    // Fill the first segment past half: the next file is being prepared.
-    let chunk = 64 << 10;
+    // Fill the first segment past half, a sync per 16 KiB write (strict): the next file is
+    // being prepared.
+    let chunk = 16 << 10;
     let mut written = 0u64;
     while written < seg * 5 / 8 {
         v.write(written, &pattern(written, chunk), false).await.unwrap();
@@ -891,4 +892,32 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
         at += chunk as u64;
     }
     v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_files_are_not_written_through_when_syncs_are_few() {
+    // Writing a file through doubles its first pass of writes; with a sync per 1 MiB or
+    // more it does not pay (src/wal/prepare.rs), so only the new volume's first segment is.
+    let dir = tempfile::tempdir().unwrap();
+    let log: FileLog = Arc::default();
+    let seg = 1u64 << 20;
+    let c = VolumeConfig { segment_bytes: seg, max_wal_segments: 8, ..cfg(Durability::Batched) };
+    let fs = Recording { log: Arc::clone(&log) };
+    let v = Volume::open(Arc::new(fs), dir.path(), backend(dir.path()), c).await.expect("volume opens");
+    let chunk = 256 << 10;
+    for k in 0..16u64 {
+        v.write(k * chunk as u64, &pattern(k, chunk), false).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    let events = log.lock().clone();
+    let mut names: Vec<&String> = events.iter().map(|(n, _)| n).filter(|n| n.starts_with("wal-")).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 4, "4 MiB of records went through 4 or more segment files: {names:?}");
+    assert_eq!(written_through(&events, "wal-000001.seg").0, seg, "the new volume's first segment");
+    for name in &names[1..] {
+        assert_eq!(written_through(&events, name).0, 0, "{name} was written through");
+    }
 }

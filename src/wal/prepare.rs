@@ -8,11 +8,20 @@
 //! file (`docs/wal.md`). Recycled segments are written through already; this is for the
 //! files a volume adds until its WAL has as many as it needs.
 //!
-//! The writer does not wait for it. Once the open segment is half full and no recycled
-//! slot is waiting, a thread prepares the next file ([`Spare`]). If it is not ready when
-//! the writer rolls, the writer creates a preallocated file as before and takes the
-//! prepared one at a later roll. Only a new volume's first segment is written through on
-//! the writer's own time, at start-up, before any client is served.
+//! Writing a file through costs its size in writes, once: worth it where syncs are
+//! frequent, and not where they are few (a large write per sync, or a FLUSH now and then
+//! in relaxed mode), where it only doubles the first pass's writes. The saving is about
+//! one journal commit per sync (some 120 µs on the test disk, milliseconds on an SD
+//! card); the cost, the file's size at the disk's write speed (80 ms for 32 MiB on the
+//! test disk, over a second on an SD card). So a file is written through when the open
+//! segment has had at least one sync per [`BYTES_PER_SYNC`] of its records.
+//!
+//! The writer does not wait for it. Once the open segment is half full, no recycled slot
+//! is waiting, and its syncs were that frequent, a thread prepares the next file
+//! ([`Spare`]). If it is not ready when the writer rolls, the writer creates a
+//! preallocated file as before and takes the prepared one at a later roll. Only a new
+//! volume's first segment is written through on the writer's own time, at start-up,
+//! before any client is served.
 
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
@@ -26,6 +35,10 @@ use crate::io::{File, FileSystem};
 
 /// Zeroes written per call while a file is written through.
 const ZERO_PIECE: usize = 1 << 20;
+
+/// The next new file is written through when the open segment has had at least one sync
+/// per this many bytes of records.
+pub const BYTES_PER_SYNC: u64 = 64 << 10;
 
 /// Create the segment file `name` in `dir`, preallocated to `bytes`; with `write_through`,
 /// also write it with zeroes and sync it. The directory is synced either way, so the file

@@ -243,6 +243,8 @@ pub struct Writer {
     next_slot: u64,
     /// A new segment file being written through for a later roll (`prepare`).
     spare: Option<Spare>,
+    /// Syncs made since the current segment opened.
+    segment_syncs: u64,
     /// No segment file existed at start: a new volume, whose first segment is written
     /// through before it is used.
     fresh: bool,
@@ -308,6 +310,7 @@ impl Writer {
             free_slots,
             next_slot,
             spare: None,
+            segment_syncs: 0,
             buf: Vec::with_capacity(1 << 20),
             last_batch: 0,
             last_sync: Duration::ZERO,
@@ -624,6 +627,7 @@ impl Writer {
         let started = Instant::now();
         self.current.file.sync_data().map_err(|e| WalError::io(what, e))?;
         self.last_sync = started.elapsed();
+        self.segment_syncs += 1;
         self.sync_seconds_metric.record(self.last_sync.as_secs_f64());
         self.synced_to = self.off;
         self.unsynced_bytes = 0;
@@ -671,6 +675,7 @@ impl Writer {
         self.shared.segments.write().insert(id, Arc::clone(&seg));
         debug!(segment = id, slot = %seg.slot, "WAL segment opened");
         self.current = seg;
+        self.segment_syncs = 0;
         self.off = DATA_START;
         self.synced_to = DATA_START;
         Ok(())
@@ -743,10 +748,13 @@ impl Writer {
     }
 
     /// Once the open segment is half full, start writing the next segment's file through
-    /// if the next roll would otherwise create one: no recycled slot waits, and the WAL
-    /// has room for another segment.
+    /// if the next roll would otherwise create one (no recycled slot waits, and the WAL
+    /// has room for another segment) and the syncs are frequent enough to repay it.
     fn prepare_next(&mut self) {
         if self.spare.is_some() || !self.free_slots.is_empty() || self.off < self.cfg.segment_bytes / 2 {
+            return;
+        }
+        if self.off.saturating_sub(DATA_START) > self.segment_syncs.saturating_mul(prepare::BYTES_PER_SYNC) {
             return;
         }
         if self.shared.segments.read().len() >= self.cfg.max_segments {
