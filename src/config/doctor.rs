@@ -318,9 +318,11 @@ mod tests {
         let m = measure(&fs, dir.path(), 20, 5).expect("measures");
         assert_eq!(m.writes.count(), 20);
         assert_eq!(m.syncs.count(), 5);
-        // One sync after preallocating, one after the unsynced writes, then the timed ones.
+        // One write of zeroes through the file and its sync, one sync after the unsynced
+        // writes, then the timed ones.
         assert_eq!(faults.syncs(), 7);
-        assert_eq!(faults.writes(), 25);
+        assert_eq!(faults.writes(), 1 + 25);
+        assert_eq!(faults.bytes_written.load(std::sync::atomic::Ordering::SeqCst), 2 * 25 * 4096);
         assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 0, "temporary file left behind");
     }
 }
