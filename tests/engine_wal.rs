@@ -819,6 +819,19 @@ fn written_through(log: &[(String, FileEvent)], name: &str) -> (u64, bool) {
     (through, false)
 }
 
+async fn open_recording(dir: &Path, c: VolumeConfig, log: &FileLog) -> Volume {
+    let fs = Recording { log: Arc::clone(log) };
+    Volume::open(Arc::new(fs), dir, backend(dir), c).await.expect("volume opens")
+}
+
+/// The names of the WAL segment files that had any write or sync, sorted.
+fn segment_files(log: &[(String, FileEvent)]) -> Vec<String> {
+    let mut names: Vec<String> = log.iter().map(|(n, _)| n.clone()).filter(|n| n.starts_with("wal-")).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_segment_files_are_written_through_before_they_take_records() {
     // A preallocated file's syncs also commit the file system's unwritten-extent
@@ -829,12 +842,7 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
     let log: FileLog = Arc::default();
     let seg = 1u64 << 20;
     let c = VolumeConfig { segment_bytes: seg, max_wal_segments: 8, ..cfg(Durability::Strict) };
-    let open_recorded = |c: VolumeConfig| {
-        let fs = Recording { log: Arc::clone(&log) };
-        let dir = dir.path().to_path_buf();
-        async move { Volume::open(Arc::new(fs), &dir, backend(&dir), c).await.expect("volume opens") }
-    };
-    let v = open_recorded(c.clone()).await;
+    let v = open_recording(dir.path(), c.clone(), &log).await;
     // Written through and synced, then given its header.
     assert_eq!(written_through(&log.lock(), "wal-000001.seg"), (seg, true), "first segment, at start-up");
     // Fill the first segment past half, a sync per 16 KiB write (strict): the next file is
@@ -863,9 +871,7 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
     v.close().await.unwrap();
     drop(v);
     let events = log.lock().clone();
-    let mut names: Vec<&String> = events.iter().map(|(n, _)| n).filter(|n| n.starts_with("wal-")).collect();
-    names.sort();
-    names.dedup();
+    let names = segment_files(&events);
     assert!(names.len() >= 4, "4 MiB of records went through 4 or more segment files: {names:?}");
     for name in &names {
         let (through, used) = written_through(&events, name);
@@ -875,9 +881,9 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
         }
         // No record write may land in a file between its first zeroes and their sync.
         let first_other =
-            events.iter().position(|(n, e)| n == *name && matches!(e, FileEvent::Write { zeroes: false, .. }));
+            events.iter().position(|(n, e)| n == name && matches!(e, FileEvent::Write { zeroes: false, .. }));
         let first_zero =
-            events.iter().position(|(n, e)| n == *name && matches!(e, FileEvent::Write { zeroes: true, .. }));
+            events.iter().position(|(n, e)| n == name && matches!(e, FileEvent::Write { zeroes: true, .. }));
         if let (Some(z), Some(o)) = (first_zero, first_other) {
             if z < o {
                 assert_eq!(through, seg, "{name}: records written while the file was being written through");
@@ -885,7 +891,7 @@ async fn new_segment_files_are_written_through_before_they_take_records() {
         }
     }
     // Everything reads back after a restart; a prepared file never used is a free slot.
-    let v = open_recorded(c).await;
+    let v = open_recording(dir.path(), c, &log).await;
     let mut at = 0u64;
     while at < written {
         assert_eq!(read(&v, at, chunk).await, pattern(at, chunk), "offset {at} after restart");
@@ -902,8 +908,7 @@ async fn segment_files_are_not_written_through_when_syncs_are_few() {
     let log: FileLog = Arc::default();
     let seg = 1u64 << 20;
     let c = VolumeConfig { segment_bytes: seg, max_wal_segments: 8, ..cfg(Durability::Batched) };
-    let fs = Recording { log: Arc::clone(&log) };
-    let v = Volume::open(Arc::new(fs), dir.path(), backend(dir.path()), c).await.expect("volume opens");
+    let v = open_recording(dir.path(), c, &log).await;
     let chunk = 256 << 10;
     for k in 0..16u64 {
         v.write(k * chunk as u64, &pattern(k, chunk), false).await.unwrap();
@@ -912,9 +917,7 @@ async fn segment_files_are_not_written_through_when_syncs_are_few() {
     v.close().await.unwrap();
     drop(v);
     let events = log.lock().clone();
-    let mut names: Vec<&String> = events.iter().map(|(n, _)| n).filter(|n| n.starts_with("wal-")).collect();
-    names.sort();
-    names.dedup();
+    let names = segment_files(&events);
     assert!(names.len() >= 4, "4 MiB of records went through 4 or more segment files: {names:?}");
     assert_eq!(written_through(&events, "wal-000001.seg").0, seg, "the new volume's first segment");
     for name in &names[1..] {
