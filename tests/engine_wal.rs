@@ -737,24 +737,29 @@ async fn a_wal_range_of_more_compressed_data_than_one_spill_step_spills_in_parts
     v.close().await.unwrap();
 }
 
-/// What happened to one file, in order: writes (offset, length, all zeroes?) and syncs.
+/// What happened to one file, in order: writes (offset, length, all zeroes?), and syncs
+/// (when one began, and when it ended).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum FileEvent {
     Write { at: u64, len: u64, zeroes: bool },
+    SyncStart,
     Sync,
 }
 
 type FileLog = Arc<parking_lot::Mutex<Vec<(String, FileEvent)>>>;
 
-/// The real file system, recording every write and sync by file name.
+/// The real file system, recording every write and sync by file name; each sync takes
+/// at least `sync_delay`.
 struct Recording {
     log: FileLog,
+    sync_delay: Duration,
 }
 
 struct RecordingFile {
     name: String,
     inner: Arc<dyn spillway::io::File>,
     log: FileLog,
+    sync_delay: Duration,
 }
 
 impl spillway::io::File for RecordingFile {
@@ -769,6 +774,8 @@ impl spillway::io::File for RecordingFile {
         self.inner.read_exact_at(buf, offset)
     }
     fn sync_data(&self) -> std::io::Result<()> {
+        self.log.lock().push((self.name.clone(), FileEvent::SyncStart));
+        std::thread::sleep(self.sync_delay);
         self.inner.sync_data()?;
         self.log.lock().push((self.name.clone(), FileEvent::Sync));
         Ok(())
@@ -785,7 +792,7 @@ impl spillway::io::FileSystem for Recording {
     fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn spillway::io::File>> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let inner = StdFs.open(path, create)?;
-        Ok(Arc::new(RecordingFile { name, inner, log: Arc::clone(&self.log) }))
+        Ok(Arc::new(RecordingFile { name, inner, log: Arc::clone(&self.log), sync_delay: self.sync_delay }))
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         StdFs.list(dir)
@@ -813,6 +820,7 @@ fn written_through(log: &[(String, FileEvent)], name: &str) -> (u64, bool) {
         match *e {
             FileEvent::Write { at, len, zeroes: true } if at == zeroed => zeroed += len,
             FileEvent::Sync => through = zeroed,
+            FileEvent::SyncStart => {}
             FileEvent::Write { .. } => return (through, true),
         }
     }
@@ -820,7 +828,11 @@ fn written_through(log: &[(String, FileEvent)], name: &str) -> (u64, bool) {
 }
 
 async fn open_recording(dir: &Path, c: VolumeConfig, log: &FileLog) -> Volume {
-    let fs = Recording { log: Arc::clone(log) };
+    open_recording_slow(dir, c, log, Duration::ZERO).await
+}
+
+async fn open_recording_slow(dir: &Path, c: VolumeConfig, log: &FileLog, sync_delay: Duration) -> Volume {
+    let fs = Recording { log: Arc::clone(log), sync_delay };
     Volume::open(Arc::new(fs), dir, backend(dir), c).await.expect("volume opens")
 }
 
@@ -923,4 +935,89 @@ async fn segment_files_are_not_written_through_when_syncs_are_few() {
     for name in &names[1..] {
         assert_eq!(written_through(&events, name).0, 0, "{name} was written through");
     }
+}
+
+/// Writes of record data (not zeroes) to WAL files that happened while a WAL sync ran, and
+/// whether a sync ever began while another ran.
+fn writes_during_syncs(log: &[(String, FileEvent)]) -> (usize, bool) {
+    let (mut syncing, mut during, mut overlapped) = (false, 0, false);
+    for (_, e) in log.iter().filter(|(n, _)| n.starts_with("wal-")) {
+        match e {
+            FileEvent::SyncStart => {
+                overlapped |= syncing;
+                syncing = true;
+            }
+            FileEvent::Sync => syncing = false,
+            FileEvent::Write { zeroes: false, .. } if syncing => during += 1,
+            FileEvent::Write { .. } => {}
+        }
+    }
+    (during, overlapped)
+}
+
+/// Strict mode, `writers` tasks each writing `count` writes of `len` bytes at once.
+async fn strict_writers(v: &Arc<Volume>, writers: u64, count: u64, len: usize) {
+    let tasks: Vec<_> = (0..writers)
+        .map(|t| {
+            let v = Arc::clone(v);
+            tokio::spawn(async move {
+                for i in 0..count {
+                    let n = t * count + i;
+                    v.write(n * len as u64, &pattern(n, len), false).await.expect("strict write");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_strict_writes_are_written_while_the_previous_sync_runs() {
+    // With 1 MiB writes, a sync's thread lets go of the writer while the disk works, and
+    // the other thread writes what arrives meanwhile (docs/wal.md, "Group commit"); with
+    // 4 KiB writes the sync runs with the writer held. Syncs never overlap either way.
+    let dir = tempfile::tempdir().unwrap();
+    let log: FileLog = Arc::default();
+    let slow = Duration::from_millis(20);
+    let v = Arc::new(open_recording_slow(dir.path(), cfg(Durability::Strict), &log, slow).await);
+    let start = log.lock().len();
+    strict_writers(&v, 8, 4, 1 << 20).await;
+    let (during, overlapped) = writes_during_syncs(&log.lock()[start..]);
+    assert!(during > 0, "no 1 MiB record was written while a sync ran");
+    assert!(!overlapped, "two syncs ran at once");
+    for n in 0..32u64 {
+        assert!(read(&v, n << 20, 1 << 20).await == pattern(n, 1 << 20), "MiB {n} reads back wrong");
+    }
+
+    let start = log.lock().len();
+    let small = (32 << 20) / BS as u64;
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let v = Arc::clone(&v);
+            tokio::spawn(async move {
+                for i in 0..4 {
+                    let b = small + t * 4 + i;
+                    v.write(b * BS as u64, &pattern(b, BS), false).await.expect("strict write");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (during, overlapped) = writes_during_syncs(&log.lock()[start..]);
+    assert_eq!((during, overlapped), (0, false), "4 KiB writes: syncs run with the writer held");
+    Arc::into_inner(v).expect("no other users").close().await.unwrap();
+
+    // Everything replied to survives a restart.
+    let (v, _) = open(dir.path(), cfg(Durability::Strict)).await;
+    for n in 0..32u64 {
+        assert!(read(&v, n << 20, 1 << 20).await == pattern(n, 1 << 20), "MiB {n} after restart");
+    }
+    for b in small..small + 128 {
+        assert_eq!(read(&v, b * BS as u64, BS).await, pattern(b, BS), "block {b} after restart");
+    }
+    v.close().await.unwrap();
 }

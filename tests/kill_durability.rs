@@ -42,6 +42,8 @@ use common::{format_output, require_python_nbd, run_capture_timeout, SYSTEM_PYTH
 
 /// Blocks in the working set: 512 x 4 KiB = 2 MiB, so overwrites are frequent.
 const BLOCKS: u32 = 512;
+/// Blocks written by the tests with 1 MiB writes (16 MiB).
+const LARGE_BLOCKS: u32 = 4096;
 /// Export size (the first start creates the volume; every start passes the same value).
 const SIZE: &str = "64M";
 /// Default number of kill cycles per test.
@@ -338,6 +340,8 @@ struct KillTest {
     conns: usize,
     /// Writes on connections 0..conns-1, FLUSHes mostly on the last one.
     flush_elsewhere: bool,
+    /// A quarter of the writes are 1 MiB, over a region of [`LARGE_BLOCKS`].
+    large: bool,
     /// Extra `spillway serve` flags.
     extra: &'static [&'static str],
 }
@@ -399,7 +403,7 @@ impl Ctx {
         for (k, v) in [
             ("--seconds", WRITER_SECONDS.to_owned()),
             ("--seed", seed.to_string()),
-            ("--blocks", BLOCKS.to_string()),
+            ("--blocks", if self.t.large { LARGE_BLOCKS } else { BLOCKS }.to_string()),
             ("--state", self.state.to_string_lossy().into_owned()),
         ] {
             a.push(k.to_owned());
@@ -407,6 +411,9 @@ impl Ctx {
         }
         if self.t.flush_elsewhere {
             a.push("--flush-elsewhere".into());
+        }
+        if self.t.large {
+            a.push("--large".into());
         }
         a
     }
@@ -628,7 +635,28 @@ fn run_kill_test(t: KillTest) {
 
 #[test]
 fn kill9_strict() {
-    run_kill_test(KillTest { name: "kill9_strict", mode: "strict", conns: 1, flush_elsewhere: false, extra: &[] });
+    run_kill_test(KillTest {
+        name: "kill9_strict",
+        mode: "strict",
+        conns: 1,
+        flush_elsewhere: false,
+        large: false,
+        extra: &[],
+    });
+}
+
+/// A quarter of the writes are 1 MiB: the syncs they need run while the WAL writer's
+/// other thread writes what comes next (docs/wal.md, "Group commit").
+#[test]
+fn kill9_strict_large_writes() {
+    run_kill_test(KillTest {
+        name: "kill9_strict_large_writes",
+        mode: "strict",
+        conns: 1,
+        flush_elsewhere: false,
+        large: true,
+        extra: &[],
+    });
 }
 
 #[test]
@@ -640,18 +668,33 @@ fn kill9_batched() {
         mode: "batched",
         conns: 1,
         flush_elsewhere: false,
+        large: false,
         extra: &["--wal-append", "0"],
     });
 }
 
 #[test]
 fn kill9_relaxed() {
-    run_kill_test(KillTest { name: "kill9_relaxed", mode: "relaxed", conns: 1, flush_elsewhere: false, extra: &[] });
+    run_kill_test(KillTest {
+        name: "kill9_relaxed",
+        mode: "relaxed",
+        conns: 1,
+        flush_elsewhere: false,
+        large: false,
+        extra: &[],
+    });
 }
 
 #[test]
 fn kill9_async() {
-    run_kill_test(KillTest { name: "kill9_async", mode: "async", conns: 1, flush_elsewhere: false, extra: &[] });
+    run_kill_test(KillTest {
+        name: "kill9_async",
+        mode: "async",
+        conns: 1,
+        flush_elsewhere: false,
+        large: false,
+        extra: &[],
+    });
 }
 
 /// Three connections (Unix and TCP), writes on two, FLUSH mostly on the
@@ -664,6 +707,7 @@ fn kill9_batched_multiconn() {
         mode: "batched",
         conns: 3,
         flush_elsewhere: true,
+        large: false,
         extra: &[],
     });
 }
@@ -678,6 +722,7 @@ fn kill9_relaxed_wal_lz4() {
         mode: "relaxed",
         conns: 1,
         flush_elsewhere: false,
+        large: false,
         extra: &["--wal-compress", "lz4"],
     });
 }
@@ -705,6 +750,7 @@ fn kill9_strict_spilling() {
         mode: "strict",
         conns: 1,
         flush_elsewhere: false,
+        large: false,
         extra: SPILLING,
     });
 }
@@ -716,6 +762,7 @@ fn kill9_batched_spilling_multiconn() {
         mode: "batched",
         conns: 3,
         flush_elsewhere: true,
+        large: false,
         extra: SPILLING,
     });
 }

@@ -14,6 +14,9 @@ pub struct StdFs;
 
 struct StdFile(std::fs::File);
 
+/// Slices one `pwritev` takes at most (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
 impl File for StdFile {
     fn write_all_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
@@ -22,7 +25,9 @@ impl File for StdFile {
         // Skip empty slices up front so a zero-length write is never mistaken for a stall.
         IoSlice::advance_slices(&mut rest, 0);
         while !rest.is_empty() {
-            let n = nix::sys::uio::pwritev(&self.0, rest, at as i64).map_err(io::Error::from)?;
+            // The kernel takes at most IOV_MAX (1024) slices per call.
+            let take = rest.len().min(IOV_MAX);
+            let n = nix::sys::uio::pwritev(&self.0, &rest[..take], at as i64).map_err(io::Error::from)?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

@@ -1,6 +1,7 @@
 //! The write-ahead log: record and segment formats, the group-commit writer, durability
 //! policy, and replay.
 
+pub mod batch;
 pub mod durability;
 pub mod hold;
 pub mod prepare;

@@ -1,18 +1,30 @@
 //! The group-commit writer: one thread takes everything queued, packs it into one buffer of
 //! records, makes one write, and syncs when the durability policy asks. Many connections
 //! and many in-flight requests share each sync.
+//!
+//! Two threads take turns at it. The leader holds the writer's state while it takes
+//! batches and writes them. When what it wrote needs a sync, covers at least a megabyte,
+//! and no sync is running, it lets go of the state and syncs; the other thread leads
+//! meanwhile, writing what arrives into the page cache, and starts the next sync, covering
+//! all of that, as soon as this one finishes. So with large writes the disk always has a
+//! sync to work on, each as large as the traffic allows. A smaller sync runs with the
+//! state held, as one thread would: handing over costs thread wake-ups that small writes
+//! do not repay, and their clients wait for the sync anyway. Syncs run one at a time (the
+//! sync gate), and a volume whose sync failed publishes no durability after it, so a
+//! later sync that succeeds never vouches for data an earlier failed one lost.
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use super::batch::Batch;
 use super::hold::Hold;
 use super::prepare::{self, Spare};
 use super::record::{RecordHeader, BLOCK_SIZE, HEADER_LEN, RECORD_ALIGN};
@@ -105,6 +117,12 @@ pub struct Shared {
     /// it is woken once [`LAZY_WAKE_BYTES`] or [`LAZY_WAKE_ITEMS`] are queued, or by a
     /// FLUSH, a FUA write or the close, not by every write.
     lazy_wake: AtomicBool,
+    /// Held while a sync runs: syncs run one at a time, in the order they take it.
+    sync_gate: Mutex<()>,
+    /// Syncs begun and not yet finished.
+    syncs_in_flight: AtomicUsize,
+    /// How long the last sync took, in nanoseconds (group commit's gathering wait).
+    last_sync_ns: AtomicU64,
 }
 
 /// Queued block data that wakes a lazily woken writer (it then frees what rewrites made
@@ -112,6 +130,9 @@ pub struct Shared {
 const LAZY_WAKE_BYTES: u64 = 1 << 20;
 /// Queued items (tombstones carry no data) that wake a lazily woken writer.
 const LAZY_WAKE_ITEMS: usize = 1024;
+/// A sync of this much data or more runs while the other thread writes what comes next;
+/// and while a sync runs, this much queued data is written at once rather than after it.
+const OVERLAP_BYTES: u64 = 1 << 20;
 
 impl Shared {
     pub fn new(index: Arc<Index>, arena: Arc<Arena>, dirty: Arc<Semaphore>, next_lsn: u64) -> Arc<Self> {
@@ -136,6 +157,9 @@ impl Shared {
             durable_pos: Mutex::new((0, 0)),
             recyclable_before: AtomicU64::new(0),
             spill_wake: tokio::sync::Notify::new(),
+            sync_gate: Mutex::new(()),
+            syncs_in_flight: AtomicUsize::new(0),
+            last_sync_ns: AtomicU64::new(0),
         })
     }
 
@@ -234,8 +258,15 @@ pub struct Writer {
     current: Arc<Segment>,
     /// Next write offset in the current segment.
     off: u64,
-    /// Offset up to which the current segment is known synced.
+    /// Offset up to which the current segment is known synced (as of the batch being
+    /// written; a sync finishing meanwhile only makes it conservative).
     synced_to: u64,
+    /// The last item written to the segment files.
+    written_lsn: u64,
+    /// The writer has closed: both threads stop.
+    stopped: bool,
+    /// What has been written needs a sync, to start once the running one finishes.
+    pending_sync: bool,
     first_unsynced: Option<Instant>,
     unsynced_bytes: u64,
     /// Recycled slot files ready for reuse.
@@ -248,10 +279,11 @@ pub struct Writer {
     /// No segment file existed at start: a new volume, whose first segment is written
     /// through before it is used.
     fresh: bool,
-    buf: Vec<u8>,
-    /// Items in the last batch that was synced, and how long its sync took (group commit).
+    /// The write being gathered.
+    buf: Batch,
+    /// Items the last sync covered, and items written since it began (group commit).
     last_batch: usize,
-    last_sync: Duration,
+    since_sync: usize,
     /// Bytes written for the batch being processed.
     batch_bytes: u64,
     batch_bytes_metric: metrics::Histogram,
@@ -275,6 +307,69 @@ pub struct Writer {
     /// Raw bytes of the data records logged, and the payload bytes stored for them.
     data_bytes_metric: metrics::Counter,
     stored_bytes_metric: metrics::Counter,
+}
+
+/// A sync to run: everything written to `segment` up to `off`, which holds every item up
+/// to `lsn`, becomes durable.
+struct SyncTicket {
+    segment: Arc<Segment>,
+    off: u64,
+    lsn: u64,
+    /// Run with the writer's state let go, for the other thread to lead meanwhile.
+    hand_over: bool,
+}
+
+impl SyncTicket {
+    /// Sync, then publish what it made durable. Syncs run one at a time through the gate;
+    /// after a failure (the volume is poisoned) nothing is synced or published again: a
+    /// later sync that succeeds does not prove that the pages an earlier one failed on
+    /// reached the disk.
+    fn run(self, shared: &Shared, metric: &metrics::Histogram) -> Result<(), WalError> {
+        let result = {
+            let _gate = shared.sync_gate.lock();
+            if shared.is_poisoned() {
+                Err(WalError::Poisoned)
+            } else {
+                let started = Instant::now();
+                match self.segment.file.sync_data() {
+                    Ok(()) => {
+                        let took = started.elapsed();
+                        shared.last_sync_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
+                        metric.record(took.as_secs_f64());
+                        {
+                            let mut pos = shared.durable_pos.lock();
+                            *pos = (*pos).max((self.segment.id, self.off));
+                        }
+                        publish_durable(shared, self.lsn);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = WalError::io(format!("syncing WAL segment {}", self.segment.slot), e);
+                        shared.poison(&e);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        shared.syncs_in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.hand_over {
+            // The other thread may be waiting to start the next sync. Taking the queue
+            // lock first means it is either before its check (and sees the count) or
+            // already waiting.
+            drop(shared.queue.lock());
+            shared.wake.notify_one();
+        }
+        result
+    }
+}
+
+/// Items up to `lsn` are durable (never moves back).
+fn publish_durable(shared: &Shared, lsn: u64) {
+    shared.progress.send_if_modified(|p| {
+        let moved = lsn > p.durable;
+        p.durable = p.durable.max(lsn);
+        moved
+    });
 }
 
 /// Where a record of the current batch went.
@@ -304,6 +399,9 @@ impl Writer {
             current: placeholder,
             off: prev.1,
             synced_to: prev.1,
+            written_lsn: 0,
+            stopped: false,
+            pending_sync: false,
             first_unsynced: None,
             unsynced_bytes: 0,
             fresh: next_slot <= 1 && free_slots.is_empty(),
@@ -311,9 +409,9 @@ impl Writer {
             next_slot,
             spare: None,
             segment_syncs: 0,
-            buf: Vec::with_capacity(1 << 20),
+            buf: Batch::with_capacity(64 << 10),
             last_batch: 0,
-            last_sync: Duration::ZERO,
+            since_sync: 0,
             batch_bytes: 0,
             batch_bytes_metric: metrics::histogram!(crate::metrics::WAL_BATCH_BYTES),
             batch_items_metric: metrics::histogram!(crate::metrics::WAL_BATCH_ITEMS),
@@ -344,58 +442,121 @@ impl Writer {
             w.shared.lazy_wake.store(lazy, Ordering::Relaxed);
         }
         *w.shared.durable_pos.lock() = prev;
+        w.written_lsn = w.shared.progress().written;
         w.open_next()?;
         w.starting = false;
         Ok(w)
     }
 
-    /// Run until closed.
-    pub fn run(mut self) {
-        loop {
-            let (items, closing) = {
-                let mut q = self.shared.queue.lock();
-                while q.items.is_empty() && !q.closing {
-                    let hold_deadline = self.hold.as_ref().and_then(Hold::deadline);
-                    match self.sync_deadline().into_iter().chain(hold_deadline).min() {
-                        Some(d) => {
-                            if self.shared.wake.wait_until(&mut q, d).timed_out() {
-                                break;
-                            }
+    /// Run until closed, on this thread and a second one that takes turns with it.
+    pub fn run(self) {
+        let me = Arc::new(Mutex::new(self));
+        let other = {
+            let me = Arc::clone(&me);
+            std::thread::Builder::new().name("spillway-wal2".into()).spawn(move || Writer::lead(&me))
+        };
+        if let Err(e) = &other {
+            warn!(error = %e, "starting the second WAL writer thread failed; one thread writes and syncs in turn");
+        }
+        Writer::lead(&me);
+        if let Ok(handle) = other {
+            if handle.join().is_err() {
+                error!("the second WAL writer thread panicked");
+            }
+        }
+        debug!("WAL writer stopped");
+    }
+
+    /// Lead: take batches and write them, and sync them when they need it. Only while a
+    /// large sync runs is the state let go, for the other thread to lead meanwhile.
+    fn lead(me: &Mutex<Writer>) {
+        let mut w = me.lock();
+        let (shared, metric) = (Arc::clone(&w.shared), w.sync_seconds_metric.clone());
+        // The state is let go only to hand over: a thread waiting for a lock that is
+        // released and taken back at every turn would be woken for nothing each time.
+        while !w.stopped {
+            let Some(ticket) = w.turn() else { continue };
+            // A failure has poisoned the volume; the next batch sees it.
+            if ticket.hand_over {
+                let _ = MutexGuard::unlocked(&mut w, || ticket.run(&shared, &metric));
+            } else {
+                let _ = ticket.run(&shared, &metric);
+            }
+        }
+    }
+
+    /// One batch: wait for items, hold or gather them, write them; returns the sync the
+    /// batch needs, to be run once the state is let go.
+    fn turn(&mut self) -> Option<SyncTicket> {
+        let (items, closing) = {
+            let mut q = self.shared.queue.lock();
+            while !q.closing && !self.worth_taking(&q) {
+                let hold_deadline = self.hold.as_ref().and_then(Hold::deadline);
+                match self.sync_deadline().into_iter().chain(hold_deadline).min() {
+                    Some(d) => {
+                        if self.shared.wake.wait_until(&mut q, d).timed_out() {
+                            break;
                         }
-                        None => self.shared.wake.wait(&mut q),
                     }
+                    None => self.shared.wake.wait(&mut q),
                 }
-                q.bytes = 0;
-                (std::mem::take(&mut q.items), q.closing)
-            };
-            let Some(items) = self.hold_back(items, closing) else { continue };
-            let items = self.gather(items, closing);
-            if !self.shared.is_poisoned() {
-                if let Err(e) = self.process(&items) {
+            }
+            q.bytes = 0;
+            (std::mem::take(&mut q.items), q.closing)
+        };
+        let Some(items) = self.hold_back(items, closing) else { return self.ready_ticket() };
+        let items = self.gather(items, closing);
+        if !self.shared.is_poisoned() {
+            if let Err(e) = self.process(&items) {
+                self.shared.poison(&e);
+            }
+        }
+        self.held_since = None;
+        // Written or not, the items give back their memory, so nothing waits on it. Their
+        // data is in the page cache now (the index points there), sync or no sync.
+        for item in items {
+            self.finish(item);
+        }
+        if closing && self.shared.queue.lock().items.is_empty() {
+            if !self.shared.is_poisoned() && (self.unsynced_bytes > 0 || self.pending_sync) {
+                if let Err(e) = self.sync() {
                     self.shared.poison(&e);
                 }
             }
-            self.held_since = None;
-            // Written or not, the items give back their memory, so nothing waits on it.
-            for item in items {
-                self.finish(item);
-            }
-            if closing && self.shared.queue.lock().items.is_empty() {
-                if !self.shared.is_poisoned() && self.unsynced_bytes > 0 {
-                    if let Err(e) = self.sync() {
-                        self.shared.poison(&e);
-                    }
+            if let Some(spare) = self.spare.take() {
+                // Not left writing into the directory after the volume closed.
+                if let Err(e) = spare.finish() {
+                    warn!(error = %e, "preparing a WAL segment file failed");
                 }
-                if let Some(spare) = self.spare.take() {
-                    // Not left writing into the directory after the volume closed.
-                    if let Err(e) = spare.finish() {
-                        warn!(error = %e, "preparing a WAL segment file failed");
-                    }
-                }
-                debug!("WAL writer stopped");
-                return;
             }
+            self.stopped = true;
+            return None;
         }
+        self.ready_ticket()
+    }
+
+    /// Whether to take the queue now. While a sync runs, small items wait for it to end,
+    /// so they go out in one write with the rest (each write is padded to the alignment);
+    /// a megabyte of data is written at once, so the copy overlaps the sync.
+    fn worth_taking(&self, q: &Queue) -> bool {
+        if self.shared.syncs_in_flight.load(Ordering::Acquire) > 0 {
+            q.bytes >= OVERLAP_BYTES || q.items.len() >= LAZY_WAKE_ITEMS
+        } else {
+            !q.items.is_empty() || self.sync_ready()
+        }
+    }
+
+    /// A sync is wanted and may start now: none is running (the volume is not poisoned).
+    fn sync_ready(&self) -> bool {
+        self.pending_sync && self.shared.syncs_in_flight.load(Ordering::Acquire) == 0 && !self.shared.is_poisoned()
+    }
+
+    /// The wanted sync, if it may start now.
+    fn ready_ticket(&mut self) -> Option<SyncTicket> {
+        if self.shared.is_poisoned() {
+            self.pending_sync = false;
+        }
+        self.sync_ready().then(|| self.begin_sync())
     }
 
     /// Hold the new items with those already held, and return everything held once it
@@ -417,18 +578,23 @@ impl Writer {
     }
 
     /// Group commit: when replies wait for this batch's sync (strict mode, FUA, FLUSH) and
-    /// fewer items came than the last synced batch had, the rest of that wave of clients is
+    /// fewer items came than the last sync covered, the rest of that wave of clients is
     /// probably a few microseconds behind. Wait for them a little (an eighth of the last
-    /// sync's duration, at most 2 ms), so one sync covers them all.
+    /// sync's duration, at most 2 ms), so one sync covers them all. Not while a sync runs:
+    /// the next one cannot start before it ends, and what comes meanwhile joins it.
     fn gather(&mut self, mut items: Vec<Item>, closing: bool) -> Vec<Item> {
         let waits = self.cfg.policy.durability == super::Durability::Strict
             || items.iter().any(|i| i.force_sync || matches!(i.op, Op::Sync));
-        if closing || !waits || items.is_empty() || items.len() >= self.last_batch {
+        if closing || !waits || items.is_empty() || self.since_sync + items.len() >= self.last_batch {
             return items;
         }
-        let deadline = Instant::now() + (self.last_sync / 8).min(Duration::from_millis(2));
+        if self.shared.syncs_in_flight.load(Ordering::Acquire) > 0 {
+            return items;
+        }
+        let last_sync = Duration::from_nanos(self.shared.last_sync_ns.load(Ordering::Relaxed));
+        let deadline = Instant::now() + (last_sync / 8).min(Duration::from_millis(2));
         let mut q = self.shared.queue.lock();
-        while items.len() + q.items.len() < self.last_batch && !q.closing {
+        while self.since_sync + items.len() + q.items.len() < self.last_batch && !q.closing {
             if self.shared.wake.wait_until(&mut q, deadline).timed_out() {
                 break;
             }
@@ -439,19 +605,29 @@ impl Writer {
     }
 
     fn sync_deadline(&self) -> Option<Instant> {
+        if self.pending_sync {
+            // Decided already: it starts when the running sync finishes.
+            return None;
+        }
         let first = self.first_unsynced?;
         Some(first + self.cfg.policy.deadline()?)
     }
 
+    /// Write a batch, and note whether it needs a sync.
     fn process(&mut self, items: &[Item]) -> Result<(), WalError> {
         let Some(last_lsn) = items.last().map(|i| i.lsn) else {
             // Woken by the batched-mode deadline.
             if self.sync_deadline().is_some_and(|d| Instant::now() >= d) {
-                self.sync()?;
-                self.publish_synced();
+                self.pending_sync = true;
             }
             return Ok(());
         };
+        {
+            let (segment, off) = *self.shared.durable_pos.lock();
+            if segment == self.current.id {
+                self.synced_to = self.synced_to.max(off);
+            }
+        }
         let mut forced = false;
         let mut placed: Vec<Placed> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -480,36 +656,41 @@ impl Writer {
         self.prepare_next();
         self.batch_items_metric.record(items.len() as f64);
         self.batch_bytes_metric.record(std::mem::take(&mut self.batch_bytes) as f64);
+        self.written_lsn = last_lsn;
+        self.publish_written(last_lsn);
         let unsynced_for = self.first_unsynced.map_or(Duration::ZERO, |t| t.elapsed());
-        let synced = if self.cfg.policy.sync_after_batch(forced, self.unsynced_bytes, unsynced_for) {
-            self.sync()?;
-            self.last_batch = items.len();
-            true
-        } else {
-            false
-        };
-        // Nothing to write but a barrier: everything before it is already synced.
-        let durable = if synced || self.unsynced_bytes == 0 { Some(last_lsn) } else { None };
-        self.publish_written(last_lsn, durable);
+        self.since_sync += items.len();
+        if self.cfg.policy.sync_after_batch(forced, self.unsynced_bytes, unsynced_for) {
+            self.pending_sync = true;
+        } else if !self.pending_sync
+            && self.unsynced_bytes == 0
+            && self.shared.syncs_in_flight.load(Ordering::Acquire) == 0
+        {
+            // Nothing was written since the last sync, which has finished.
+            publish_durable(&self.shared, last_lsn);
+        }
         Ok(())
     }
 
-    /// Encode one record into the batch buffer, copying block data out of the arena. In
+    /// Add one record to the batch: raw blocks stay in the arena until the write. In
     /// LZ4 mode a data record is stored compressed when that saves at least an eighth of
     /// its bytes; returns whether it was.
     fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> bool {
         if slots.is_empty() {
-            self.buf.extend_from_slice(&header.encode(&[]));
+            self.buf.push_bytes(&header.encode(&[]));
             return false;
         }
         let raw_len = slots.len() * BLOCK_SIZE;
         self.data_bytes_metric.increment(raw_len as u64);
         if !self.cfg.compress_lz4 {
+            // The blocks are checksummed here and written from the arena, not copied.
             let guards: Vec<_> = slots.iter().map(|&s| self.shared.arena.read(s)).collect();
             let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
-            self.buf.extend_from_slice(&header.encode(&pieces));
-            for p in pieces {
-                self.buf.extend_from_slice(p);
+            self.buf.push_bytes(&header.encode(&pieces));
+            drop(pieces);
+            drop(guards);
+            for &s in slots {
+                self.buf.push_slot(s);
             }
             self.stored_bytes_metric.increment(raw_len as u64);
             return false;
@@ -535,18 +716,18 @@ impl Writer {
                     n as u32,
                     header.synced_to,
                 );
-                self.buf.extend_from_slice(&h.encode(&[payload]));
-                self.buf.extend_from_slice(payload);
+                self.buf.push_bytes(&h.encode(&[payload]));
+                self.buf.push_bytes(payload);
                 // Zeroes up to the next record's 16-byte boundary (not in the checksum).
                 let padded = (n as u64).next_multiple_of(RECORD_ALIGN) as usize;
-                self.buf.resize(self.buf.len() + padded - n, 0);
+                self.buf.push_zeros(padded - n);
                 self.stored_bytes_metric.increment(n as u64);
                 true
             }
             None => {
                 // Does not compress enough: stored raw, at no extra cost on disk.
-                self.buf.extend_from_slice(&header.encode(&[&self.raw_scratch]));
-                self.buf.extend_from_slice(&self.raw_scratch);
+                self.buf.push_bytes(&header.encode(&[&self.raw_scratch]));
+                self.buf.push_bytes(&self.raw_scratch);
                 self.stored_bytes_metric.increment(raw_len as u64);
                 false
             }
@@ -567,16 +748,16 @@ impl Writer {
             let len = (gap - HEADER_LEN as u64) as u32;
             let zeros = vec![0u8; len as usize];
             let pad = RecordHeader::pad(self.current.id, len, self.synced_to as u32);
-            self.buf.extend_from_slice(&pad.encode(&[&zeros]));
-            self.buf.extend_from_slice(&zeros);
+            self.buf.push_bytes(&pad.encode(&[&zeros]));
+            self.buf.push_zeros(zeros.len());
         }
         let what = || format!("writing WAL segment {}", self.current.slot);
-        self.current
-            .file
-            .write_all_vectored_at(&[IoSlice::new(&self.buf)], self.off)
+        self.buf
+            .write_at(self.current.file.as_ref(), &self.shared.arena, self.off)
             .map_err(|e| WalError::io(what(), e))?;
         self.writes_metric.increment(1);
         self.written_bytes_metric.increment(self.buf.len() as u64);
+
         // Held data counts as unsynced from when it came, so batched mode's interval
         // bounds the time from a write to its sync, holding included.
         let since = self.held_since.take().unwrap_or_else(Instant::now);
@@ -622,33 +803,28 @@ impl Writer {
         }
     }
 
-    fn sync(&mut self) -> Result<(), WalError> {
-        let what = format!("syncing WAL segment {}", self.current.slot);
-        let started = Instant::now();
-        self.current.file.sync_data().map_err(|e| WalError::io(what, e))?;
-        self.last_sync = started.elapsed();
+    /// A sync of everything written so far, to run with or without the state held.
+    fn begin_sync(&mut self) -> SyncTicket {
+        let hand_over = self.unsynced_bytes >= OVERLAP_BYTES;
+        self.pending_sync = false;
+        self.last_batch = std::mem::take(&mut self.since_sync);
         self.segment_syncs += 1;
-        self.sync_seconds_metric.record(self.last_sync.as_secs_f64());
-        self.synced_to = self.off;
         self.unsynced_bytes = 0;
         self.first_unsynced = None;
-        *self.shared.durable_pos.lock() = (self.current.id, self.off);
+        self.shared.syncs_in_flight.fetch_add(1, Ordering::AcqRel);
+        SyncTicket { segment: Arc::clone(&self.current), off: self.off, lsn: self.written_lsn, hand_over }
+    }
+
+    /// Sync now, with the state held (a roll, the close).
+    fn sync(&mut self) -> Result<(), WalError> {
+        let ticket = SyncTicket { hand_over: false, ..self.begin_sync() };
+        ticket.run(&self.shared, &self.sync_seconds_metric)?;
+        self.synced_to = self.off;
         Ok(())
     }
 
-    /// Everything written so far is now durable.
-    fn publish_synced(&self) {
-        let written = self.shared.progress.borrow().written;
-        self.publish_written(written, Some(written));
-    }
-
-    fn publish_written(&self, written: u64, durable: Option<u64>) {
-        self.shared.progress.send_modify(|p| {
-            p.written = written;
-            if let Some(d) = durable {
-                p.durable = d;
-            }
-        });
+    fn publish_written(&self, written: u64) {
+        self.shared.progress.send_modify(|p| p.written = written);
     }
 
     /// Seal the current segment (sync it) and continue in a new one.

@@ -13,7 +13,8 @@ interpreters). Driven by tests/kill_durability.rs; see docs/killtest.md.
 
 write     Connects one handle per --uri (multi-conn), prints `started`, then
           keeps 16-64 aio requests in flight over blocks [0, N): 4 KiB
-          writes (some of 4 or 16 contiguous blocks, some with FUA) and
+          writes (some of 4 or 16 contiguous blocks, with --large a
+          quarter of 256, some with FUA) and
           FLUSHes at random moments (with --flush-elsewhere mostly on a
           different connection than the writes). No two writes to one
           block are ever in flight together, so per block issue order is
@@ -238,6 +239,8 @@ class Writer:
     def pick_run(self):
         r = self.rng.random()
         n = 1 if r < 0.80 else (4 if r < 0.95 else 16)
+        if self.args.large and self.rng.random() < 0.25:
+            n = 256  # 1 MiB: the WAL writer's hand-over path (docs/wal.md)
         for _ in range(8):
             start = self.rng.randrange(0, self.blocks - n + 1)
             if not any(b in self.busy for b in range(start, start + n)):
@@ -688,6 +691,8 @@ def main():
     w.add_argument("--state", required=True)
     w.add_argument("--max-inflight", type=int, default=0)
     w.add_argument("--flush-elsewhere", action="store_true")
+    w.add_argument("--large", action="store_true",
+                   help="a quarter of the writes are 1 MiB (256 blocks)")
     v = sub.add_parser("verify")
     v.add_argument("--uri", required=True)
     v.add_argument("--mode", choices=MODES, required=True)
