@@ -823,8 +823,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Items up to `written` are in the segment files. Nobody waits for that, so the
+    /// waiters for durability are not woken for it.
     fn publish_written(&self, written: u64) {
-        self.shared.progress.send_modify(|p| p.written = written);
+        self.shared.progress.send_if_modified(|p| {
+            p.written = written;
+            false
+        });
     }
 
     /// Seal the current segment (sync it) and continue in a new one.
