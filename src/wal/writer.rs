@@ -485,8 +485,8 @@ impl Writer {
         }
     }
 
-    /// One batch: wait for items, hold or gather them, write them; returns the sync the
-    /// batch needs, to be run once the state is let go.
+    /// One batch: wait for items, hold or gather them, write them; returns the sync to run
+    /// now, if one is wanted and none is running.
     fn turn(&mut self) -> Option<SyncTicket> {
         let (items, closing) = {
             let mut q = self.shared.queue.lock();
