@@ -955,15 +955,16 @@ fn writes_during_syncs(log: &[(String, FileEvent)]) -> (usize, bool) {
     (during, overlapped)
 }
 
-/// Strict mode, `writers` tasks each writing `count` writes of `len` bytes at once.
-async fn strict_writers(v: &Arc<Volume>, writers: u64, count: u64, len: usize) {
+/// `writers` tasks at once, each making `count` writes of `len` bytes; write `n` from
+/// `first` on goes to `n * len` and holds `pattern(n, len)`.
+async fn concurrent_writers(v: &Arc<Volume>, first: u64, writers: u64, count: u64, len: usize) {
     let tasks: Vec<_> = (0..writers)
         .map(|t| {
             let v = Arc::clone(v);
             tokio::spawn(async move {
                 for i in 0..count {
-                    let n = t * count + i;
-                    v.write(n * len as u64, &pattern(n, len), false).await.expect("strict write");
+                    let n = first + t * count + i;
+                    v.write(n * len as u64, &pattern(n, len), false).await.expect("write");
                 }
             })
         })
@@ -983,7 +984,7 @@ async fn large_strict_writes_are_written_while_the_previous_sync_runs() {
     let slow = Duration::from_millis(20);
     let v = Arc::new(open_recording_slow(dir.path(), cfg(Durability::Strict), &log, slow).await);
     let start = log.lock().len();
-    strict_writers(&v, 8, 4, 1 << 20).await;
+    concurrent_writers(&v, 0, 8, 4, 1 << 20).await;
     let (during, overlapped) = writes_during_syncs(&log.lock()[start..]);
     assert!(during > 0, "no 1 MiB record was written while a sync ran");
     assert!(!overlapped, "two syncs ran at once");
@@ -993,20 +994,7 @@ async fn large_strict_writes_are_written_while_the_previous_sync_runs() {
 
     let start = log.lock().len();
     let small = (32 << 20) / BS as u64;
-    let tasks: Vec<_> = (0..32u64)
-        .map(|t| {
-            let v = Arc::clone(&v);
-            tokio::spawn(async move {
-                for i in 0..4 {
-                    let b = small + t * 4 + i;
-                    v.write(b * BS as u64, &pattern(b, BS), false).await.expect("strict write");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    concurrent_writers(&v, small, 32, 4, BS).await;
     let (during, overlapped) = writes_during_syncs(&log.lock()[start..]);
     assert_eq!((during, overlapped), (0, false), "4 KiB writes: syncs run with the writer held");
     Arc::into_inner(v).expect("no other users").close().await.unwrap();
