@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use parking_lot::RwLock;
 
 use super::arena::SlotId;
-use super::hash::BuildBlockHasher;
+use super::hash::{run_hash, BuildBlockHasher};
 
 /// Where a block's current content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +91,9 @@ impl Index {
     }
 
     fn shard(&self, block: u64) -> &Shard {
-        // Spread neighbouring blocks across shards.
-        let h = block.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        &self.shards[h as usize % self.shards.len()]
+        // A run of neighbouring blocks shares a shard, where it also takes neighbouring
+        // buckets (`hash`); runs spread across the shards.
+        &self.shards[(run_hash(block) >> 32) as usize % self.shards.len()]
     }
 
     pub fn get(&self, block: u64) -> Option<Entry> {
