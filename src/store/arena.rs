@@ -1,7 +1,13 @@
 //! Block data in memory: 4 MiB slabs of 1024 slots of 4 KiB, slots reference-counted and
 //! reused. No heap object per block. The arena never grows past its slab limit; callers
 //! bound their use with a byte budget before they allocate (see `Volume`).
+//!
+//! A slab keeps its blocks page-aligned and back to back, and each slot's lock and
+//! reference count in dense arrays apart from them: taking a lock or counting touches a
+//! few cache lines shared by many slots, rather than a cold line in front of each block.
 
+use std::cell::UnsafeCell;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -28,11 +34,32 @@ impl SlotId {
     }
 }
 
-/// One slab: the blocks, and their reference counts packed apart from them, so that
-/// counting touches a few dense cache lines rather than one beside each 4 KiB block.
+/// One block's bytes, on a page of its own. Guarded by its slot's lock in [`Slab::locks`].
+#[repr(C, align(4096))]
+struct Block(UnsafeCell<[u8; BLOCK_SIZE]>);
+
+// SAFETY: a `Block` is only reached through `Arena::read` and `Arena::write`, which hold
+// the slot's lock (shared or exclusive) for as long as the bytes are borrowed.
+unsafe impl Sync for Block {}
+
+/// One slab: the blocks, and their locks and reference counts packed apart from them.
 struct Slab {
-    data: Box<[RwLock<[u8; BLOCK_SIZE]>]>,
+    data: Box<[Block]>,
+    locks: Box<[RwLock<()>]>,
     refs: Box<[AtomicU32]>,
+}
+
+/// A slot's bytes, borrowed for reading: the slot's lock is held until this is dropped.
+pub struct SlotRead<'a> {
+    _guard: RwLockReadGuard<'a, ()>,
+    bytes: &'a [u8; BLOCK_SIZE],
+}
+
+impl Deref for SlotRead<'_> {
+    type Target = [u8; BLOCK_SIZE];
+    fn deref(&self) -> &[u8; BLOCK_SIZE] {
+        self.bytes
+    }
 }
 
 /// The slab allocator.
@@ -87,7 +114,10 @@ impl Arena {
             return Err(ArenaFull(n));
         }
         let slab = Slab {
-            data: (0..SLOTS_PER_SLAB).map(|_| RwLock::new([0; BLOCK_SIZE])).collect(),
+            // Zeroed by the allocator: the pages are the kernel's zero pages until written.
+            // SAFETY: all-zero bytes are a valid `Block`.
+            data: unsafe { Box::<[Block]>::new_zeroed_slice(SLOTS_PER_SLAB).assume_init() },
+            locks: (0..SLOTS_PER_SLAB).map(|_| RwLock::new(())).collect(),
             refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect(),
         };
         let _ = self.slabs[n].set(slab);
@@ -105,8 +135,10 @@ impl Arena {
         &self.slab(id).refs[id.idx()]
     }
 
-    fn data(&self, id: SlotId) -> &RwLock<[u8; BLOCK_SIZE]> {
-        &self.slab(id).data[id.idx()]
+    /// A slot's lock and bytes.
+    fn slot(&self, id: SlotId) -> (&RwLock<()>, &Block) {
+        let slab = self.slab(id);
+        (&slab.locks[id.idx()], &slab.data[id.idx()])
     }
 
     /// Drop one reference; the slot is reused once none are left.
@@ -117,13 +149,21 @@ impl Arena {
     }
 
     /// Read access to a slot's bytes.
-    pub fn read(&self, id: SlotId) -> RwLockReadGuard<'_, [u8; BLOCK_SIZE]> {
-        self.data(id).read()
+    pub fn read(&self, id: SlotId) -> SlotRead<'_> {
+        let (lock, block) = self.slot(id);
+        let guard = lock.read();
+        // SAFETY: the shared lock is held as long as the borrow (it lives in `SlotRead`),
+        // and bytes are changed only under the exclusive lock (`write`).
+        let bytes = unsafe { &*block.0.get() };
+        SlotRead { _guard: guard, bytes }
     }
 
     /// Fill a slot.
     pub fn write(&self, id: SlotId, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) {
-        f(&mut self.data(id).write());
+        let (lock, block) = self.slot(id);
+        let _guard = lock.write();
+        // SAFETY: the exclusive lock is held until `f` returns, so no other borrow exists.
+        f(unsafe { &mut *block.0.get() });
     }
 
     /// Bytes in slabs created so far.
@@ -148,5 +188,19 @@ mod tests {
         a.release(ids[3]);
         assert_eq!(a.alloc(1).unwrap(), ids[3], "freed slot is reused");
         assert_eq!(a.resident_bytes(), SLAB_BYTES);
+    }
+
+    #[test]
+    fn blocks_are_page_aligned_and_apart() {
+        let a = Arena::new(2 * SLAB_BYTES);
+        let ids: Vec<_> = (0..SLOTS_PER_SLAB + 2).map(|_| a.alloc(1).unwrap()).collect();
+        for (k, &id) in ids.iter().enumerate() {
+            a.write(id, |b| b.fill(k as u8));
+        }
+        for (k, &id) in ids.iter().enumerate() {
+            let r = a.read(id);
+            assert_eq!(r.as_ptr() as usize % 4096, 0, "slot {k} is not page-aligned");
+            assert!(r.iter().all(|&x| x == k as u8), "slot {k} was overwritten by a neighbour");
+        }
     }
 }
