@@ -114,9 +114,7 @@ impl Arena {
             return Err(ArenaFull(n));
         }
         let slab = Slab {
-            // Zeroed by the allocator: the pages are the kernel's zero pages until written.
-            // SAFETY: all-zero bytes are a valid `Block`.
-            data: unsafe { Box::<[Block]>::new_zeroed_slice(SLOTS_PER_SLAB).assume_init() },
+            data: (0..SLOTS_PER_SLAB).map(|_| Block(UnsafeCell::new([0; BLOCK_SIZE]))).collect(),
             locks: (0..SLOTS_PER_SLAB).map(|_| RwLock::new(())).collect(),
             refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect(),
         };
