@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use nbd::{BlockDevice, Extent, ZeroFlags};
+use nbd::pool::PooledBuf;
+use nbd::{BlockDevice, Extent, ReadData, ZeroFlags};
 
 use crate::error::VolumeError;
 use crate::memory_volume::MemoryVolume;
@@ -78,6 +79,18 @@ impl BlockDevice for Device {
             match &self.volume {
                 Volumes::Durable(v) => v.read(offset, buf).await,
                 Volumes::Memory(v) => v.read(offset, buf).await,
+            }
+        )
+    }
+
+    async fn read_data(&self, offset: u64, mut buf: PooledBuf) -> Result<ReadData, VolumeError> {
+        let len = buf.len() as u64;
+        timed!(
+            self.ops.read,
+            len,
+            match &self.volume {
+                Volumes::Durable(v) => v.read_data(offset, buf).await,
+                Volumes::Memory(v) => v.read(offset, &mut buf).await.map(|()| ReadData::Copied(buf)),
             }
         )
     }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbd::{BlockDevice, Extent, ZeroFlags};
+use nbd::pool::PooledBuf;
+use nbd::{BlockDevice, Extent, ReadData, ZeroFlags};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -26,8 +27,9 @@ use crate::chunk::store::ChunkStore;
 use crate::chunk::ChunkError;
 use crate::error::VolumeError;
 use crate::io::FileSystem;
-use crate::store::arena::{Arena, SlotId};
+use crate::store::arena::{Arena, SlotId, SLAB_BYTES};
 use crate::store::index::{BlockState, Entry, Index, Loc};
+use crate::store::lend::{Lender, LEND_MIN_BLOCKS, LEND_RESERVE_BYTES};
 use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
 use crate::wal::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::replay;
@@ -182,6 +184,8 @@ pub struct Volume {
     /// Every spilled block, compactly; reads fall through to it past the index.
     base: Arc<Base>,
     arena: Arc<Arena>,
+    /// Lends runs of in-memory blocks to read replies.
+    lender: Lender,
     stripes: Box<[Mutex<()>]>,
     next_seq: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -275,8 +279,10 @@ impl Volume {
         let next_seq = Arc::new(AtomicU64::new(
             replayed.next_seq.max(manifest.as_ref().map_or(1, |m| m.next_seq)).max(orphans.max_seq + 1),
         ));
-        let arena = Arc::new(Arena::new(cfg.max_dirty_bytes));
-        let dirty = Arc::new(Semaphore::new(arena.capacity_bytes()));
+        // The arena holds the dirty budget (in whole slabs) and the reserve for lent reads.
+        let dirty_bytes = cfg.max_dirty_bytes.div_ceil(SLAB_BYTES).max(1) * SLAB_BYTES;
+        let arena = Arc::new(Arena::new(dirty_bytes + LEND_RESERVE_BYTES));
+        let dirty = Arc::new(Semaphore::new(dirty_bytes));
         let shared = Shared::new(Arc::clone(&index), Arc::clone(&arena), dirty, 0);
         // Moved, not cloned: the writer recycles a segment only when no one else holds it.
         shared.segments.write().extend(replayed.segments.into_iter().map(|s| (s.id, s)));
@@ -293,8 +299,8 @@ impl Volume {
             // moving while the held data is logged. Batched mode gathers `wal_append`.
             hold_bytes: match cfg.durability {
                 Durability::Strict => 0,
-                Durability::Batched => cfg.wal_append.min(cfg.sync_bytes).min((arena.capacity_bytes() / 2) as u64),
-                Durability::Relaxed | Durability::Async => (arena.capacity_bytes() / 2) as u64,
+                Durability::Batched => cfg.wal_append.min(cfg.sync_bytes).min((dirty_bytes / 2) as u64),
+                Durability::Relaxed | Durability::Async => (dirty_bytes / 2) as u64,
             },
             compress_lz4: cfg.wal_compress == WalCompress::Lz4,
         };
@@ -342,6 +348,7 @@ impl Volume {
             shared,
             index,
             base,
+            lender: Lender::new(Arc::clone(&arena)),
             arena,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_seq,
@@ -517,18 +524,19 @@ impl Volume {
             None => None,
             Some(BlockState::Empty { .. }) => {
                 out.fill(0);
-                Some(Src::Copied)
+                Some(Ok(Src::Copied))
             }
-            Some(BlockState::Hot(slot)) => {
-                out.copy_from_slice(&self.arena.read(slot)[at..at + out.len()]);
-                Some(Src::Copied)
-            }
-            Some(BlockState::Pending { segment, offset }) => Some(Src::Wal { segment, offset: offset + at as u64 }),
-            Some(BlockState::PendingLz4 { segment, record, idx }) => Some(Src::Lz4 { segment, record, idx }),
-            Some(BlockState::Persisted(loc)) => Some(Src::Chunk(loc)),
+            // The index's reference keeps the slot while the index lock is held.
+            Some(BlockState::Hot(slot)) => Some(self.arena.read(slot).map(|bytes| {
+                out.copy_from_slice(&bytes[at..at + out.len()]);
+                Src::Copied
+            })),
+            Some(BlockState::Pending { segment, offset }) => Some(Ok(Src::Wal { segment, offset: offset + at as u64 })),
+            Some(BlockState::PendingLz4 { segment, record, idx }) => Some(Ok(Src::Lz4 { segment, record, idx })),
+            Some(BlockState::Persisted(loc)) => Some(Ok(Src::Chunk(loc))),
         });
         if let Some(src) = hot {
-            return Ok(src);
+            return src.map_err(|e| VolumeError::io("block arena", std::io::Error::other(e)));
         }
         // Not in memory or the WAL: spilled, or never written. The spiller changes the base
         // before it lets go of an index entry, so this is never older than what was there.
@@ -625,7 +633,7 @@ impl Volume {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             let mut slots: Vec<SlotId> = Vec::with_capacity(n as usize);
             for b in run..run + n {
-                let slot = match self.arena.alloc(2) {
+                let fresh = match self.arena.alloc() {
                     Ok(s) => s,
                     Err(e) => {
                         self.unstage(&slots);
@@ -637,7 +645,8 @@ impl Volume {
                 let hi = (offset + data.len() as u64).min(block_start + BS);
                 let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
                 let at = (lo - block_start) as usize;
-                self.arena.write(slot, |d| {
+                // Two references: the index's and the WAL queue's.
+                let slot = self.arena.fill(fresh, 2, |d| {
                     if piece.len() < BLOCK_SIZE {
                         // A partial block: its old bytes around the piece (zeroes if none).
                         match edges.iter().find(|e| e.0 == b) {
@@ -902,6 +911,18 @@ impl BlockDevice for Volume {
             self.read_run(s, o, b, &mut buf[b..b + l], offset).await?;
         }
         Ok(())
+    }
+
+    async fn read_data(&self, offset: u64, mut buf: PooledBuf) -> Result<ReadData, VolumeError> {
+        let len = buf.len() as u64;
+        if offset % BS == 0 && len % BS == 0 && len / BS >= LEND_MIN_BLOCKS {
+            self.check(offset, len)?;
+            if let Some(lent) = self.lender.lend(&self.index, offset / BS, len / BS) {
+                return Ok(ReadData::Lent(Box::new(lent)));
+            }
+        }
+        self.read(offset, &mut buf).await?;
+        Ok(ReadData::Copied(buf))
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {

@@ -1,8 +1,10 @@
 //! The seam between the protocol and storage: what a served export must do.
 
 use std::future::Future;
+use std::io::IoSlice;
 
 use crate::errno::Errno;
+use crate::pool::PooledBuf;
 
 /// Flags that shape a WRITE_ZEROES request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +41,21 @@ impl Extent {
     }
 }
 
+/// The bytes of a successful READ, as the reply will send them.
+pub enum ReadData {
+    /// Read into the buffer the server passed in.
+    Copied(PooledBuf),
+    /// The device's own memory, lent without a copy.
+    Lent(Box<dyn LentBytes>),
+}
+
+/// Bytes a device lends to a reply. They must stay valid and unchanged as long as this
+/// value lives (until the reply is written).
+pub trait LentBytes: Send + Sync + 'static {
+    /// Append the bytes, in order, to `out`; their lengths add up to the request's length.
+    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>);
+}
+
 /// A device error: what went wrong, and which wire error it becomes.
 ///
 /// Implementations keep their own typed errors; the mapping to the wire happens in the
@@ -65,6 +82,13 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Fill `buf` with the bytes at `offset`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Read `buf.len()` bytes at `offset` for a reply. By default this fills `buf`; a
+    /// device may instead lend memory of its own that already holds the bytes, and save
+    /// the copy.
+    fn read_data(&self, offset: u64, mut buf: PooledBuf) -> impl Future<Output = Result<ReadData, Self::Error>> + Send {
+        async move { self.read(offset, &mut buf).await.map(|()| ReadData::Copied(buf)) }
+    }
 
     /// Write `data` at `offset`; with `fua`, it is durable before this returns.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;

@@ -19,7 +19,7 @@ pub mod server;
 pub mod testing;
 mod transmission;
 
-pub use device::{BlockDevice, DeviceError, Extent, ZeroFlags};
+pub use device::{BlockDevice, DeviceError, Extent, LentBytes, ReadData, ZeroFlags};
 pub use errno::{Errno, RequestError};
 pub use export::Export;
 pub use server::{ConfigError, ConnError, Server, ServerConfig};

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::consts::{META_BASE_ALLOCATION_ID, REQUEST_HEADER_LEN};
-use crate::device::{BlockDevice, DeviceError, ZeroFlags};
+use crate::device::{BlockDevice, DeviceError, ReadData, ZeroFlags};
 use crate::errno::Errno;
 use crate::handshake::Negotiated;
 use crate::pool::{BufferPool, PooledBuf};
@@ -55,7 +55,7 @@ macro_rules! or_stop {
 /// The bytes of one reply, ready to go.
 struct Frame {
     head: Head,
-    body: Option<PooledBuf>,
+    body: Option<ReadData>,
     /// Released once the reply is written, returning its bytes to the connection's budget.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -232,20 +232,17 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<(
 
 async fn execute<D: BlockDevice>(dev: &D, job: Job, cookie: u64, structured: bool, pool: &Arc<BufferPool>) -> Frame {
     let done: Result<Frame, D::Error> = match job {
-        Job::Read { offset, len } => {
-            let mut buf = pool.get(len as usize);
-            match dev.read(offset, &mut buf).await {
-                Ok(()) => {
-                    let head = if structured {
-                        Head::Data(reply::offset_data_header(cookie, offset, len))
-                    } else {
-                        Head::Simple(reply::simple(0, cookie))
-                    };
-                    Ok(Frame { head, body: Some(buf), _permit: None })
-                }
-                Err(e) => Err(e),
+        Job::Read { offset, len } => match dev.read_data(offset, pool.get(len as usize)).await {
+            Ok(buf) => {
+                let head = if structured {
+                    Head::Data(reply::offset_data_header(cookie, offset, len))
+                } else {
+                    Head::Simple(reply::simple(0, cookie))
+                };
+                Ok(Frame { head, body: Some(buf), _permit: None })
             }
-        }
+            Err(e) => Err(e),
+        },
         Job::Write { offset, data, fua } => dev.write(offset, &data, fua).await.map(|()| Frame::ok(cookie)),
         Job::Flush => dev.flush().await.map(|()| Frame::ok(cookie)),
         Job::Trim { offset, len, fua } => dev.trim(offset, u64::from(len), fua).await.map(|()| Frame::ok(cookie)),
@@ -301,8 +298,10 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> std:
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
     for f in frames {
         slices.push(IoSlice::new(f.head.as_slice()));
-        if let Some(b) = &f.body {
-            slices.push(IoSlice::new(b));
+        match &f.body {
+            Some(ReadData::Copied(b)) => slices.push(IoSlice::new(b)),
+            Some(ReadData::Lent(b)) => b.slices(&mut slices),
+            None => {}
         }
     }
     let mut rest = &mut slices[..];

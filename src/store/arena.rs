@@ -2,16 +2,17 @@
 //! reused. No heap object per block. The arena never grows past its slab limit; callers
 //! bound their use with a byte budget before they allocate (see `Volume`).
 //!
-//! A slab keeps its blocks page-aligned and back to back, and each slot's lock and
-//! reference count in dense arrays apart from them: taking a lock or counting touches a
-//! few cache lines shared by many slots, rather than a cold line in front of each block.
+//! A slab keeps its blocks page-aligned and back to back, and the slots' reference counts
+//! in a dense array apart from them: counting touches a few cache lines shared by many
+//! slots, rather than a cold line in front of each block. Slots are written once, so
+//! they need no lock (see [`Arena`]).
 
 use std::cell::UnsafeCell;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::Mutex;
 
 use crate::wal::record::BLOCK_SIZE;
 
@@ -34,35 +35,29 @@ impl SlotId {
     }
 }
 
-/// One block's bytes, on a page of its own. Guarded by its slot's lock in [`Slab::locks`].
+/// One block's bytes, on a page of its own.
 #[repr(C, align(4096))]
 struct Block(UnsafeCell<[u8; BLOCK_SIZE]>);
 
-// SAFETY: a `Block` is only reached through `Arena::read` and `Arena::write`, which hold
-// the slot's lock (shared or exclusive) for as long as the bytes are borrowed.
+// SAFETY: a slot's bytes are written only through a `Fresh` (one owner, nobody else can
+// reach the slot) and read only while a reference to the slot is counted, which keeps it
+// from becoming fresh again. See `Arena`.
 unsafe impl Sync for Block {}
 
-/// One slab: the blocks, and their locks and reference counts packed apart from them.
+/// One slab: the blocks, and their reference counts packed apart from them.
 struct Slab {
     data: Box<[Block]>,
-    locks: Box<[RwLock<()>]>,
     refs: Box<[AtomicU32]>,
 }
 
-/// A slot's bytes, borrowed for reading: the slot's lock is held until this is dropped.
-pub struct SlotRead<'a> {
-    _guard: RwLockReadGuard<'a, ()>,
-    bytes: &'a [u8; BLOCK_SIZE],
-}
-
-impl Deref for SlotRead<'_> {
-    type Target = [u8; BLOCK_SIZE];
-    fn deref(&self) -> &[u8; BLOCK_SIZE] {
-        self.bytes
-    }
-}
-
 /// The slab allocator.
+///
+/// A slot is written once: [`Arena::alloc`] hands it out as a [`Fresh`] with no references,
+/// which only its owner can reach, and [`Arena::fill`] writes it and publishes it with its
+/// first references. From then on its bytes never change; every read counts a reference
+/// for as long as it borrows them ([`SlotRef`], [`LentSlot`]), and the slot goes back to the
+/// free list only when the last reference is dropped. So no lock is needed: a slot being
+/// read cannot be fresh, and a fresh slot cannot be read.
 pub struct Arena {
     slabs: Box<[OnceLock<Slab>]>,
     free: Mutex<Vec<SlotId>>,
@@ -74,6 +69,15 @@ pub struct Arena {
 #[derive(Debug, thiserror::Error)]
 #[error("block arena exhausted ({0} slabs)")]
 pub struct ArenaFull(usize);
+
+/// A slot was read that holds no reference: the caller's bookkeeping is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("block arena slot {0} read while free")]
+pub struct SlotFree(u32);
+
+/// A slot taken from the free list and not yet published: only its owner can reach it.
+#[derive(Debug)]
+pub struct Fresh(SlotId);
 
 impl Arena {
     /// An arena that holds at most `max_bytes` of block data (rounded up to whole slabs).
@@ -90,16 +94,30 @@ impl Arena {
         self.slabs.len() * SLAB_BYTES
     }
 
-    /// Take a slot holding `refs` references. Its content is unspecified until written.
-    pub fn alloc(&self, refs: u32) -> Result<SlotId, ArenaFull> {
+    /// Take a free slot. Its content is unspecified until [`Self::fill`] writes it.
+    pub fn alloc(&self) -> Result<Fresh, ArenaFull> {
         // The free-list guard must be gone before `grow` takes it again.
         let popped = self.free.lock().pop();
-        let id = match popped {
-            Some(id) => id,
-            None => self.grow()?,
-        };
-        self.refs(id).store(refs, Ordering::Release);
-        Ok(id)
+        match popped {
+            Some(id) => Ok(Fresh(id)),
+            None => self.grow().map(Fresh),
+        }
+    }
+
+    /// Write a fresh slot and publish it holding `refs` references (at least one).
+    pub fn fill(&self, slot: Fresh, refs: u32, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) -> SlotId {
+        let id = slot.0;
+        // SAFETY: `Fresh` is the only way to the slot (its count is zero, so no reader can
+        // take a reference), and it is consumed here.
+        f(unsafe { &mut *self.block(id).0.get() });
+        // Release: whoever counts a reference from here on sees the bytes.
+        self.refs(id).store(refs.max(1), Ordering::Release);
+        id
+    }
+
+    /// Give back a fresh slot unused.
+    pub fn discard(&self, slot: Fresh) {
+        self.free.lock().push(slot.0);
     }
 
     fn grow(&self) -> Result<SlotId, ArenaFull> {
@@ -115,7 +133,6 @@ impl Arena {
         }
         let slab = Slab {
             data: (0..SLOTS_PER_SLAB).map(|_| Block(UnsafeCell::new([0; BLOCK_SIZE]))).collect(),
-            locks: (0..SLOTS_PER_SLAB).map(|_| RwLock::new(())).collect(),
             refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect(),
         };
         let _ = self.slabs[n].set(slab);
@@ -133,10 +150,8 @@ impl Arena {
         &self.slab(id).refs[id.idx()]
     }
 
-    /// A slot's lock and bytes.
-    fn slot(&self, id: SlotId) -> (&RwLock<()>, &Block) {
-        let slab = self.slab(id);
-        (&slab.locks[id.idx()], &slab.data[id.idx()])
+    fn block(&self, id: SlotId) -> &Block {
+        &self.slab(id).data[id.idx()]
     }
 
     /// Drop one reference; the slot is reused once none are left.
@@ -146,22 +161,28 @@ impl Arena {
         }
     }
 
-    /// Read access to a slot's bytes.
-    pub fn read(&self, id: SlotId) -> SlotRead<'_> {
-        let (lock, block) = self.slot(id);
-        let guard = lock.read();
-        // SAFETY: the shared lock is held as long as the borrow (it lives in `SlotRead`),
-        // and bytes are changed only under the exclusive lock (`write`).
-        let bytes = unsafe { &*block.0.get() };
-        SlotRead { _guard: guard, bytes }
+    /// Count one more reference to a published slot; refused if it has none (it is free
+    /// or fresh, and must not be read).
+    fn retain(&self, id: SlotId) -> Result<(), SlotFree> {
+        // Acquire: pairs with `fill`'s release, so the bytes are visible.
+        self.refs(id)
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| (r > 0).then_some(r + 1))
+            .map(|_| ())
+            .map_err(|_| SlotFree(id.0))
     }
 
-    /// Fill a slot.
-    pub fn write(&self, id: SlotId, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) {
-        let (lock, block) = self.slot(id);
-        let _guard = lock.write();
-        // SAFETY: the exclusive lock is held until `f` returns, so no other borrow exists.
-        f(unsafe { &mut *block.0.get() });
+    /// The bytes of a slot the caller holds a reference to (or knows to be held, as an
+    /// index entry's under the index lock). Counts a reference of its own while borrowed.
+    pub fn read(&self, id: SlotId) -> Result<SlotRef<'_>, SlotFree> {
+        self.retain(id)?;
+        Ok(SlotRef { arena: self, id })
+    }
+
+    /// Like [`Self::read`], for bytes that must outlive the borrow of the arena (a reply
+    /// being sent).
+    pub fn lend(self: &Arc<Self>, id: SlotId) -> Result<LentSlot, SlotFree> {
+        self.retain(id)?;
+        Ok(LentSlot { arena: Arc::clone(self), id })
     }
 
     /// Bytes in slabs created so far.
@@ -170,33 +191,97 @@ impl Arena {
     }
 }
 
+/// A slot's bytes, read; its reference is dropped with this.
+pub struct SlotRef<'a> {
+    arena: &'a Arena,
+    id: SlotId,
+}
+
+impl Deref for SlotRef<'_> {
+    type Target = [u8; BLOCK_SIZE];
+    fn deref(&self) -> &[u8; BLOCK_SIZE] {
+        // SAFETY: the slot is published and this holds a reference, so nothing writes it.
+        unsafe { &*self.arena.block(self.id).0.get() }
+    }
+}
+
+impl Drop for SlotRef<'_> {
+    fn drop(&mut self) {
+        self.arena.release(self.id);
+    }
+}
+
+/// A slot's bytes, lent out with a reference to the arena; its reference is dropped with this.
+pub struct LentSlot {
+    arena: Arc<Arena>,
+    id: SlotId,
+}
+
+impl Deref for LentSlot {
+    type Target = [u8; BLOCK_SIZE];
+    fn deref(&self) -> &[u8; BLOCK_SIZE] {
+        // SAFETY: as for `SlotRef`.
+        unsafe { &*self.arena.block(self.id).0.get() }
+    }
+}
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        self.arena.release(self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Allocate and publish a slot filled with `byte`.
+    fn filled(a: &Arena, refs: u32, byte: u8) -> Result<SlotId, ArenaFull> {
+        Ok(a.fill(a.alloc()?, refs, |b| b.fill(byte)))
+    }
+
     #[test]
     fn slots_are_reused_and_bounded() {
         let a = Arena::new(SLAB_BYTES);
-        let ids: Vec<_> = (0..SLOTS_PER_SLAB).map(|_| a.alloc(2).unwrap()).collect();
-        assert!(a.alloc(1).is_err(), "one slab holds 1024 slots");
-        a.write(ids[3], |b| b.fill(7));
-        assert_eq!(a.read(ids[3])[100], 7);
+        let ids: Vec<_> = (0..SLOTS_PER_SLAB).map(|k| filled(&a, 2, k as u8).unwrap()).collect();
+        assert!(a.alloc().is_err(), "one slab holds 1024 slots");
+        assert_eq!(a.read(ids[3]).unwrap()[100], 3);
         a.release(ids[3]);
-        assert!(a.alloc(1).is_err(), "still one reference left");
+        assert!(a.alloc().is_err(), "still one reference left");
         a.release(ids[3]);
-        assert_eq!(a.alloc(1).unwrap(), ids[3], "freed slot is reused");
+        assert!(a.read(ids[3]).is_err(), "a free slot cannot be read");
+        let again = a.alloc().unwrap();
+        assert!(a.read(ids[3]).is_err(), "nor a fresh one");
+        assert_eq!(a.fill(again, 1, |b| b.fill(9)), ids[3], "freed slot is reused");
+        assert_eq!(a.read(ids[3]).unwrap()[0], 9);
         assert_eq!(a.resident_bytes(), SLAB_BYTES);
+    }
+
+    #[test]
+    fn a_slot_read_or_lent_stays_until_the_reader_is_done() {
+        let a = Arc::new(Arena::new(SLAB_BYTES));
+        let id = filled(&a, 1, 7).unwrap();
+        let lent = a.lend(id).unwrap();
+        let read = a.read(id).unwrap();
+        a.release(id);
+        drop(read);
+        // The owner's reference is gone, but the lent bytes still hold the slot.
+        let others: Vec<_> = (1..SLOTS_PER_SLAB).map(|_| filled(&a, 1, 0).unwrap()).collect();
+        assert!(!others.contains(&id));
+        assert!(a.alloc().is_err(), "the lent slot is not free");
+        assert!(lent.iter().all(|&b| b == 7));
+        drop(lent);
+        let fresh = a.alloc().unwrap();
+        a.discard(fresh);
+        assert_eq!(filled(&a, 1, 1).unwrap(), id, "free once the last reader is done");
     }
 
     #[test]
     fn blocks_are_page_aligned_and_apart() {
         let a = Arena::new(2 * SLAB_BYTES);
-        let ids: Vec<_> = (0..SLOTS_PER_SLAB + 2).map(|_| a.alloc(1).unwrap()).collect();
+        let ids: Vec<_> = (0..SLOTS_PER_SLAB + 2).map(|k| filled(&a, 1, k as u8).unwrap()).collect();
         for (k, &id) in ids.iter().enumerate() {
-            a.write(id, |b| b.fill(k as u8));
-        }
-        for (k, &id) in ids.iter().enumerate() {
-            let r = a.read(id);
+            let r = a.read(id).unwrap();
             assert_eq!(r.as_ptr() as usize % 4096, 0, "slot {k} is not page-aligned");
             assert!(r.iter().all(|&x| x == k as u8), "slot {k} was overwritten by a neighbour");
         }

@@ -260,7 +260,8 @@ mod tests {
     #[test]
     fn settle_only_matching_seq_and_count_live() {
         let ix = Index::new(16);
-        let slot = crate::store::arena::Arena::new(4 << 20).alloc(1).unwrap();
+        let arena = crate::store::arena::Arena::new(4 << 20);
+        let slot = arena.fill(arena.alloc().unwrap(), 1, |_| {});
         ix.set(5, Some(Entry { seq: 1, state: BlockState::Hot(slot) }));
         let wal = BlockState::Pending { segment: 9, offset: 4096 };
         assert_eq!(ix.settle(5, 2, wal), None, "stale sequence number");
@@ -288,7 +289,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
         let ix = Index::new(4);
         let arena = crate::store::arena::Arena::new(4 << 20);
-        let slot = arena.alloc(1).unwrap();
+        let slot = arena.fill(arena.alloc().unwrap(), 1, |_| {});
         ix.set(8, Some(Entry { seq: 3, state: BlockState::Hot(slot) }));
         let lz = BlockState::PendingLz4 { segment: 2, record: 8192, idx: 5 };
         assert_eq!(ix.settle(8, 3, lz), Some(slot));

@@ -5,3 +5,4 @@ pub mod arena;
 pub mod cache;
 pub mod hash;
 pub mod index;
+pub mod lend;

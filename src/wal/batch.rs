@@ -71,14 +71,16 @@ impl Batch {
 
     /// Write everything at `offset` of `file`.
     pub fn write_at(&self, file: &dyn File, arena: &Arena, offset: u64) -> io::Result<()> {
-        let guards: Vec<_> = self
+        // The batch's items hold references to their slots until the write is done.
+        let guards = self
             .parts
             .iter()
             .filter_map(|p| match p {
                 Part::Slot(s) => Some(arena.read(*s)),
                 Part::Bytes(_) => None,
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io::Error::other)?;
         let mut blocks = guards.iter();
         let slices: Vec<IoSlice<'_>> = self
             .parts
@@ -110,9 +112,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = StdFs.open(&dir.path().join("f"), true).unwrap();
         let arena = Arena::new(4 << 20);
-        let (a, b) = (arena.alloc(1).unwrap(), arena.alloc(1).unwrap());
-        arena.write(a, |d| d.fill(0xaa));
-        arena.write(b, |d| d.fill(0xbb));
+        let a = arena.fill(arena.alloc().unwrap(), 1, |d| d.fill(0xaa));
+        let b = arena.fill(arena.alloc().unwrap(), 1, |d| d.fill(0xbb));
         let mut batch = Batch::with_capacity(64);
         batch.push_bytes(b"head");
         batch.push_zeros(3);

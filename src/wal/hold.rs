@@ -215,7 +215,7 @@ mod tests {
         /// dirty budget, as the volume queues it.
         fn data(&mut self, seq: u64, block: u64, n: usize) -> Item {
             self.dirty.try_acquire_many((n * BLOCK_SIZE) as u32).unwrap().forget();
-            let slots = (0..n).map(|_| self.arena.alloc(1).unwrap()).collect();
+            let slots = (0..n).map(|_| self.arena.fill(self.arena.alloc().unwrap(), 1, |_| {})).collect();
             self.lsn += 1;
             Item { op: Op::Data { seq, block, slots }, force_sync: false, lsn: self.lsn }
         }
@@ -260,7 +260,7 @@ mod tests {
         let live: usize = out.iter().map(|i| if let Op::Data { slots, .. } = &i.op { slots.len() } else { 0 }).sum();
         assert_eq!(live, 5);
         let mut freed = 0;
-        while r.arena.alloc(1).is_ok() {
+        while r.arena.alloc().is_ok() {
             freed += 1;
         }
         assert_eq!(freed, crate::store::arena::SLOTS_PER_SLAB - 5, "every slot but the live ones is free");

@@ -649,7 +649,7 @@ impl Writer {
             }
             let offset = self.off + self.buf.len() as u64;
             let header = RecordHeader { segment: self.current.id, synced_to: self.synced_to as u32, ..header };
-            let compressed = self.append(&header, slots);
+            let compressed = self.append(&header, slots)?;
             placed.push(Placed { item: i, segment: self.current.id, offset, compressed });
         }
         self.write_out(items, &mut placed)?;
@@ -675,16 +675,18 @@ impl Writer {
     /// Add one record to the batch: raw blocks stay in the arena until the write. In
     /// LZ4 mode a data record is stored compressed when that saves at least an eighth of
     /// its bytes; returns whether it was.
-    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> bool {
+    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> Result<bool, WalError> {
         if slots.is_empty() {
             self.buf.push_bytes(&header.encode(&[]));
-            return false;
+            return Ok(false);
         }
         let raw_len = slots.len() * BLOCK_SIZE;
         self.data_bytes_metric.increment(raw_len as u64);
         if !self.cfg.compress_lz4 {
-            // The blocks are checksummed here and written from the arena, not copied.
-            let guards: Vec<_> = slots.iter().map(|&s| self.shared.arena.read(s)).collect();
+            // The blocks are checksummed here and written from the arena, not copied. (The
+            // item holds references to its slots.)
+            let guards =
+                slots.iter().map(|&s| self.shared.arena.read(s)).collect::<Result<Vec<_>, _>>().map_err(arena_error)?;
             let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
             self.buf.push_bytes(&header.encode(&pieces));
             drop(pieces);
@@ -693,12 +695,12 @@ impl Writer {
                 self.buf.push_slot(s);
             }
             self.stored_bytes_metric.increment(raw_len as u64);
-            return false;
+            return Ok(false);
         }
         // LZ4 wants the blocks side by side.
         self.raw_scratch.clear();
         for &s in slots {
-            self.raw_scratch.extend_from_slice(&self.shared.arena.read(s)[..]);
+            self.raw_scratch.extend_from_slice(&self.shared.arena.read(s).map_err(arena_error)?[..]);
         }
         let max = lz4_flex::block::get_maximum_output_size(raw_len);
         if self.lz4_scratch.len() < max {
@@ -722,14 +724,14 @@ impl Writer {
                 let padded = (n as u64).next_multiple_of(RECORD_ALIGN) as usize;
                 self.buf.push_zeros(padded - n);
                 self.stored_bytes_metric.increment(n as u64);
-                true
+                Ok(true)
             }
             None => {
                 // Does not compress enough: stored raw, at no extra cost on disk.
                 self.buf.push_bytes(&header.encode(&[&self.raw_scratch]));
                 self.buf.push_bytes(&self.raw_scratch);
                 self.stored_bytes_metric.increment(raw_len as u64);
-                false
+                Ok(false)
             }
         }
     }
@@ -991,4 +993,10 @@ fn dummy_file() -> Arc<dyn File> {
         }
     }
     Arc::new(NoFile)
+}
+
+/// A slot the WAL holds was found free: bookkeeping is broken, so the batch fails rather
+/// than log bytes it cannot vouch for.
+fn arena_error(e: crate::store::arena::SlotFree) -> WalError {
+    WalError::io("block arena", std::io::Error::other(e))
 }
