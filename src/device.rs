@@ -83,14 +83,14 @@ impl BlockDevice for Device {
         )
     }
 
-    async fn read_data(&self, offset: u64, mut buf: PooledBuf) -> Result<ReadData, VolumeError> {
+    async fn read_data(&self, offset: u64, buf: PooledBuf) -> Result<ReadData, VolumeError> {
         let len = buf.len() as u64;
         timed!(
             self.ops.read,
             len,
             match &self.volume {
                 Volumes::Durable(v) => v.read_data(offset, buf).await,
-                Volumes::Memory(v) => v.read(offset, &mut buf).await.map(|()| ReadData::Copied(buf)),
+                Volumes::Memory(v) => v.read_data(offset, buf).await,
             }
         )
     }
