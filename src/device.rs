@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use nbd::pool::PooledBuf;
-use nbd::{BlockDevice, Extent, ReadData, ZeroFlags};
+use nbd::{BlockDevice, Extent, ReadData, WriteBuffer, ZeroFlags};
 
 use crate::error::VolumeError;
 use crate::memory_volume::MemoryVolume;
@@ -102,6 +102,25 @@ impl BlockDevice for Device {
             match &self.volume {
                 Volumes::Durable(v) => v.write(offset, data, fua).await,
                 Volumes::Memory(v) => v.write(offset, data, fua).await,
+            }
+        )
+    }
+
+    fn write_buffer(&self, offset: u64, len: u32) -> Option<Box<dyn WriteBuffer>> {
+        match &self.volume {
+            Volumes::Durable(v) => v.write_buffer(offset, len),
+            Volumes::Memory(_) => None,
+        }
+    }
+
+    async fn write_received(&self, offset: u64, mut buf: Box<dyn WriteBuffer>, fua: bool) -> Result<(), VolumeError> {
+        let len: usize = buf.slices_mut().iter().map(|s| s.len()).sum();
+        timed!(
+            self.ops.write,
+            len as u64,
+            match &self.volume {
+                Volumes::Durable(v) => v.write_received(offset, buf, fua).await,
+                Volumes::Memory(v) => v.write_received(offset, buf, fua).await,
             }
         )
     }

@@ -361,7 +361,7 @@ impl Drop for Counted {
 async fn connection<D, R, W>(server: Arc<Server<D>>, r: R, w: W, peer: String)
 where
     D: BlockDevice,
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    R: nbd::RecvVectored,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let _counted = Counted::accepted();

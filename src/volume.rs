@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nbd::pool::PooledBuf;
-use nbd::{BlockDevice, Extent, ReadData, ZeroFlags};
+use nbd::{BlockDevice, Extent, ReadData, WriteBuffer, ZeroFlags};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -27,9 +27,10 @@ use crate::chunk::store::ChunkStore;
 use crate::chunk::ChunkError;
 use crate::error::VolumeError;
 use crate::io::FileSystem;
-use crate::store::arena::{Arena, SlotId, SLAB_BYTES};
+use crate::store::arena::{Arena, Fresh, SlotId, SLAB_BYTES};
 use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::store::lend::{Lender, LEND_MIN_BLOCKS, LEND_RESERVE_BYTES};
+use crate::store::receive::{Receiving, RECEIVE_MIN_BLOCKS};
 use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
 use crate::wal::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::replay;
@@ -658,14 +659,40 @@ impl Volume {
                 });
                 slots.push(slot);
             }
-            for (k, &slot) in slots.iter().enumerate() {
-                let old = self.index.set(run + k as u64, Some(Entry { seq, state: BlockState::Hot(slot) }));
-                self.replaced(old);
-            }
-            lsn = self.shared.submit(Op::Data { seq, block: run, slots }, fua).map_err(VolumeError::from)?;
+            lsn = self.stage_run(seq, run, slots, fua)?;
             run += n;
         }
         Ok(lsn)
+    }
+
+    /// Stage a write of whole blocks received into fresh arena slots: publish them as they
+    /// are, under the block locks. Returns the log sequence number of the last record.
+    fn stage_received(&self, offset: u64, fresh: Vec<Fresh>, fua: bool) -> Result<u64, VolumeError> {
+        let first = offset / BS;
+        let _locks = self.lock_blocks(first, fresh.len() as u64);
+        let mut lsn = 0;
+        let mut run = first;
+        let mut fresh = fresh.into_iter().peekable();
+        while fresh.peek().is_some() {
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            // Two references: the index's and the WAL queue's.
+            let slots: Vec<SlotId> =
+                fresh.by_ref().take(MAX_RECORD_BLOCKS as usize).map(|f| self.arena.fill(f, 2, |_| {})).collect();
+            let n = slots.len() as u64;
+            lsn = self.stage_run(seq, run, slots, fua)?;
+            run += n;
+        }
+        Ok(lsn)
+    }
+
+    /// Put one record's run of published slots (two references each) in the index and the
+    /// WAL queue.
+    fn stage_run(&self, seq: u64, run: u64, slots: Vec<SlotId>, fua: bool) -> Result<u64, VolumeError> {
+        for (k, &slot) in slots.iter().enumerate() {
+            let old = self.index.set(run + k as u64, Some(Entry { seq, state: BlockState::Hot(slot) }));
+            self.replaced(old);
+        }
+        Ok(self.shared.submit(Op::Data { seq, block: run, slots }, fua)?)
     }
 
     /// Undo the slot allocations of a run that failed before reaching the index.
@@ -953,6 +980,36 @@ impl BlockDevice for Volume {
             };
             self.shared.give_dirty(bytes as usize);
             return Err(err);
+        }
+    }
+
+    fn write_buffer(&self, offset: u64, len: u32) -> Option<Box<dyn WriteBuffer>> {
+        let (offset, len) = (offset, u64::from(len));
+        let whole = offset % BS == 0 && len % BS == 0 && len / BS >= RECEIVE_MIN_BLOCKS;
+        if !whole || self.check(offset, len).is_err() || self.check_writable().is_err() {
+            return None;
+        }
+        let r = Receiving::take(&self.arena, &self.shared, (len / BS) as usize)?;
+        Some(Box::new(r))
+    }
+
+    async fn write_received(&self, offset: u64, buf: Box<dyn WriteBuffer>, fua: bool) -> Result<(), VolumeError> {
+        let Ok(received) = buf.into_any().downcast::<Receiving>() else {
+            return Err(VolumeError::io(
+                "receiving a write",
+                std::io::Error::other("a write buffer that is not this volume's"),
+            ));
+        };
+        // Dropping `received` gives its slots and budget back; a poisoned volume refuses here.
+        self.check_writable()?;
+        let fresh = received.into_slots();
+        let bytes = fresh.len() * BLOCK_SIZE;
+        match self.stage_received(offset, fresh, fua) {
+            Ok(lsn) => self.settle(lsn, fua).await,
+            Err(e) => {
+                self.shared.give_dirty(bytes);
+                Err(e)
+            }
         }
     }
 

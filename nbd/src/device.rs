@@ -1,5 +1,6 @@
 //! The seam between the protocol and storage: what a served export must do.
 
+use std::any::Any;
 use std::future::Future;
 use std::io::IoSlice;
 
@@ -56,6 +57,15 @@ pub trait LentBytes: Send + Sync + 'static {
     fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>);
 }
 
+/// Memory of a device's own that a WRITE's payload is received into, saving the copy from
+/// a server buffer (see [`BlockDevice::write_buffer`]).
+pub trait WriteBuffer: Send + 'static {
+    /// The memory, in order; the lengths add up to the request's length.
+    fn slices_mut(&mut self) -> Vec<&mut [u8]>;
+    /// The device's own type again, for [`BlockDevice::write_received`].
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
 /// A device error: what went wrong, and which wire error it becomes.
 ///
 /// Implementations keep their own typed errors; the mapping to the wire happens in the
@@ -92,6 +102,29 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Write `data` at `offset`; with `fua`, it is durable before this returns.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Memory of the device's own to receive the payload of a WRITE of `len` bytes at
+    /// `offset` into, which is then passed to [`Self::write_received`]; or `None` (the
+    /// default), and the payload goes to [`Self::write`] in a server buffer. It is called
+    /// before the payload is read, on the connection's reader, so it must not wait. Dropped
+    /// unwritten (the connection broke), the buffer must give back whatever it holds.
+    fn write_buffer(&self, _offset: u64, _len: u32) -> Option<Box<dyn WriteBuffer>> {
+        None
+    }
+
+    /// Write a payload received into a buffer from [`Self::write_buffer`], as
+    /// [`Self::write`] would. The default copies it out and calls `write`.
+    fn write_received(
+        &self,
+        offset: u64,
+        mut buf: Box<dyn WriteBuffer>,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async move {
+            let data = buf.slices_mut().concat();
+            self.write(offset, &data, fua).await
+        }
+    }
 
     /// Make every completed write durable.
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;

@@ -12,6 +12,7 @@ pub mod export;
 pub mod handshake;
 pub mod option;
 pub mod pool;
+mod receive;
 pub mod reply;
 pub mod request;
 pub mod server;
@@ -19,7 +20,8 @@ pub mod server;
 pub mod testing;
 mod transmission;
 
-pub use device::{BlockDevice, DeviceError, Extent, LentBytes, ReadData, ZeroFlags};
+pub use device::{BlockDevice, DeviceError, Extent, LentBytes, ReadData, WriteBuffer, ZeroFlags};
 pub use errno::{Errno, RequestError};
 pub use export::Export;
+pub use receive::RecvVectored;
 pub use server::{ConfigError, ConnError, Server, ServerConfig};

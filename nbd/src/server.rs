@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncWrite, BufReader};
 use tokio::sync::watch;
 
 use crate::device::BlockDevice;
 use crate::export::Export;
 use crate::handshake::{negotiate, Outcome};
 use crate::pool::BufferPool;
+use crate::receive::RecvVectored;
 use crate::request::BadMagic;
 
 /// Limits and defaults of the protocol server.
@@ -149,10 +150,10 @@ impl<D: BlockDevice> Server<D> {
     /// Serve one connection from the greeting to its close.
     pub async fn serve<R, W>(self: &Arc<Self>, reader: R, mut writer: W) -> Result<(), ConnError>
     where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: RecvVectored,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let mut reader = BufReader::with_capacity(crate::transmission::READ_BUFFER, reader);
         let mut stop = self.shutdown_signal();
         let outcome = tokio::select! {
             r = tokio::time::timeout(self.config.handshake_timeout, negotiate(self, &mut reader, &mut writer)) => {

@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::consts::{META_BASE_ALLOCATION_ID, REQUEST_HEADER_LEN};
-use crate::device::{BlockDevice, DeviceError, ReadData, ZeroFlags};
+use crate::device::{BlockDevice, DeviceError, ReadData, WriteBuffer, ZeroFlags};
 use crate::errno::Errno;
 use crate::handshake::Negotiated;
 use crate::pool::{BufferPool, PooledBuf};
+use crate::receive::{receive_into, RecvVectored};
 use crate::reply;
 use crate::request::{decode_header, validate, Command, CommandKind, Limits};
 use crate::server::{ConnError, Server};
@@ -30,7 +31,7 @@ const MAX_BATCH: usize = 64;
 /// (refused requests included: their error replies wait in memory too).
 const REQUEST_OVERHEAD: u32 = 1024;
 /// The connection's receive buffer.
-const READ_BUFFER: usize = 128 << 10;
+pub(crate) const READ_BUFFER: usize = 128 << 10;
 /// Requests with a payload this large or larger always run as their own task.
 const INLINE_MAX: u32 = 256 << 10;
 /// Once the reader has stopped, how long unsent replies may take to go out: shorter when
@@ -97,7 +98,7 @@ impl Frame {
 /// Work for one validated request, with its payload.
 enum Job {
     Read { offset: u64, len: u32 },
-    Write { offset: u64, data: PooledBuf, fua: bool },
+    Write { offset: u64, data: WriteData, fua: bool },
     Flush,
     Trim { offset: u64, len: u32, fua: bool },
     Cache { offset: u64, len: u32 },
@@ -105,10 +106,23 @@ enum Job {
     Status { offset: u64, len: u32, req_one: bool },
 }
 
-pub(crate) async fn run<D, R, W>(server: Arc<Server<D>>, neg: Negotiated, r: R, w: W) -> Result<(), ConnError>
+/// A WRITE's payload: in a server buffer, or in the device's own memory.
+enum WriteData {
+    Pooled(PooledBuf),
+    Device(Box<dyn WriteBuffer>),
+}
+
+/// `r` is the connection's buffered reader, from the handshake on: pipelined requests
+/// arrive back to back, and one receive takes many headers and small payloads at once.
+pub(crate) async fn run<D, R, W>(
+    server: Arc<Server<D>>,
+    neg: Negotiated,
+    mut r: BufReader<R>,
+    w: W,
+) -> Result<(), ConnError>
 where
     D: BlockDevice,
-    R: AsyncRead + Unpin + Send + 'static,
+    R: RecvVectored,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let export = &server.exports()[neg.export];
@@ -127,9 +141,6 @@ where
     let dead = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(w, rx, Arc::clone(&dead)));
     let mut stop = server.shutdown_signal();
-    // Pipelined requests arrive back to back: one receive takes many headers and small
-    // payloads at once. A payload larger than the buffer is read straight into its own.
-    let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER, r);
 
     let result: Result<(), ConnError> = loop {
         let mut hdr = [0u8; REQUEST_HEADER_LEN];
@@ -171,13 +182,23 @@ where
             break Ok(());
         };
         let job = match cmd {
-            Command::Write { offset, len, fua } => {
-                let mut data = pool.get(len as usize);
-                if let Err(e) = or_stop!(dead, stop, r.read_exact(&mut data)) {
-                    break Err(e.into());
+            // A payload larger than the buffer is read straight into its own: the device's
+            // memory if it lends some, else a pooled buffer.
+            Command::Write { offset, len, fua } => match device.write_buffer(offset, len) {
+                Some(mut buf) => {
+                    if let Err(e) = or_stop!(dead, stop, receive_into(&mut r, buf.slices_mut())) {
+                        break Err(e.into());
+                    }
+                    Job::Write { offset, data: WriteData::Device(buf), fua }
                 }
-                Job::Write { offset, data, fua }
-            }
+                None => {
+                    let mut data = pool.get(len as usize);
+                    if let Err(e) = or_stop!(dead, stop, r.read_exact(&mut data)) {
+                        break Err(e.into());
+                    }
+                    Job::Write { offset, data: WriteData::Pooled(data), fua }
+                }
+            },
             Command::Read { offset, len } => Job::Read { offset, len },
             Command::Flush => Job::Flush,
             Command::Trim { offset, len, fua } => Job::Trim { offset, len, fua },
@@ -243,7 +264,11 @@ async fn execute<D: BlockDevice>(dev: &D, job: Job, cookie: u64, structured: boo
             }
             Err(e) => Err(e),
         },
-        Job::Write { offset, data, fua } => dev.write(offset, &data, fua).await.map(|()| Frame::ok(cookie)),
+        Job::Write { offset, data, fua } => match data {
+            WriteData::Pooled(data) => dev.write(offset, &data, fua).await,
+            WriteData::Device(buf) => dev.write_received(offset, buf, fua).await,
+        }
+        .map(|()| Frame::ok(cookie)),
         Job::Flush => dev.flush().await.map(|()| Frame::ok(cookie)),
         Job::Trim { offset, len, fua } => dev.trim(offset, u64::from(len), fua).await.map(|()| Frame::ok(cookie)),
         Job::Cache { offset, len } => dev.cache(offset, u64::from(len)).await.map(|()| Frame::ok(cookie)),

@@ -115,6 +115,12 @@ impl Arena {
         id
     }
 
+    /// The bytes of a fresh slot, for its owner to write before [`Self::fill`] publishes it.
+    pub fn bytes_mut<'a>(&'a self, slot: &'a mut Fresh) -> &'a mut [u8; BLOCK_SIZE] {
+        // SAFETY: as in `fill`: the `Fresh`, borrowed mutably here, is the only way to the slot.
+        unsafe { &mut *self.block(slot.0).0.get() }
+    }
+
     /// Give back a fresh slot unused.
     pub fn discard(&self, slot: Fresh) {
         self.free.lock().push(slot.0);

@@ -6,3 +6,4 @@ pub mod cache;
 pub mod hash;
 pub mod index;
 pub mod lend;
+pub mod receive;

@@ -170,6 +170,18 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Shared::take_dirty`] if the budget has room now; `false` rather than a wait.
+    pub fn try_take_dirty(&self, bytes: u32) -> bool {
+        match self.dirty.try_acquire_many(bytes) {
+            Ok(permit) => {
+                permit.forget();
+                self.dirty_gauge.increment(f64::from(bytes));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Give back what [`Shared::take_dirty`] took.
     pub fn give_dirty(&self, bytes: usize) {
         self.dirty.add_permits(bytes);
