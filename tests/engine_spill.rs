@@ -178,3 +178,49 @@ async fn spilled_blocks_and_later_trims_and_writes_read_right_in_every_tier() {
     tiers_check(&v, "after a restart").await;
     v.close().await.unwrap();
 }
+
+/// A WAL segment this process wrote lists its records, so a spill reads back only the
+/// records whose blocks it keeps: 4 MiB written twice is read back once, not twice. A kept
+/// record damaged on disk still stops the spill with an error instead of going into a chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spill_reads_back_only_the_records_it_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, faults) = spillway::io::faulty::FaultyFs::new(Arc::new(StdFs));
+    let local = spillway::backend::for_volume(None, None, dir.path(), "test").expect("local backend");
+    // Strict mode, one WAL segment, no aged spill: nothing spills until asked.
+    let spill = SpillConfig { chunk_bytes: 256 << 10, spill_age: Duration::from_secs(3600), ..SpillConfig::default() };
+    let c = VolumeConfig { durability: Durability::Strict, max_wal_segments: 16, spill, ..cfg() };
+    let v = Volume::open(Arc::new(fs), dir.path(), local, c).await.expect("volume opens");
+    for pass in 0..2u64 {
+        for m in 0..4 {
+            v.write(m * MIB, &pattern(pass * 100 + m, MIB as usize), false).await.unwrap();
+        }
+    }
+    let before = faults.bytes_read.load(Ordering::SeqCst);
+    v.spill_now().await.unwrap();
+    let read = faults.bytes_read.load(Ordering::SeqCst) - before;
+    assert!(read >= 4 * MIB, "the 4 MiB kept must be read back to be spilled ({read} bytes read)");
+    assert!(read < 5 * MIB, "only the records kept are read back, not the 4 MiB replaced ({read} bytes read)");
+    for m in 0..4 {
+        let mut got = vec![0u8; MIB as usize];
+        v.read(m * MIB, &mut got).await.unwrap();
+        assert!(got == pattern(100 + m, MIB as usize), "MiB {m} after the spill");
+    }
+    // Damage one byte of a new write's record in the WAL file: the spill at the close
+    // refuses it (the background spill would log it and try again).
+    let marker = pattern(777, MIB as usize);
+    v.write(8 * MIB, &marker, false).await.unwrap();
+    let mut damaged = 0;
+    for e in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+        let path = e.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(64).position(|w| w == &marker[..64]) {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[at + 1000] ^ 0x40], (at + 1000) as u64).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1, "the new write's record is in one WAL file");
+    let err = v.close().await.expect_err("a damaged record must not be spilled");
+    assert!(err.to_string().contains("no valid record"), "unexpected error: {err}");
+}

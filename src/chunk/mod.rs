@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod rebuild;
 pub mod recovery;
 pub mod set;
+pub mod spill_read;
 pub mod spiller;
 pub mod store;
 

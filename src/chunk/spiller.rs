@@ -25,6 +25,7 @@ use super::format::{self, BlockIn, ChunkHeader, ChunkTables, Tombstone, KIND_COM
 use super::manifest::{manifest_key, ChunkRecord, Manifest, Run};
 use super::recovery::{self, recovery_key};
 use super::set::{chunk_key, key_chunk, ChunkMeta};
+use super::spill_read::RecordBytes;
 use super::store::{meta_from_tables, ChunkStore};
 use super::ChunkError;
 use crate::backend::retry::backoff;
@@ -354,8 +355,18 @@ impl Spiller {
         from: u64,
         to: u64,
     ) -> Result<(), ChunkError> {
-        let wal_err = |e: crate::wal::WalError| ChunkError::Other(e.to_string());
-        let (img, records) = records_between(seg, from, to).map_err(wal_err)?;
+        // A segment this process wrote lists its records; one found at start-up is read whole.
+        let (records, bytes) = match seg.records_noted(from, to) {
+            Some(records) => {
+                let n = records.len();
+                (records, RecordBytes::unread(n))
+            }
+            None => {
+                let (img, records) = records_between(seg, from, to).map_err(|e| ChunkError::Other(e.to_string()))?;
+                let bytes = RecordBytes::whole(img, &records, from.max(DATA_START));
+                (records, bytes)
+            }
+        };
         let mut parts = Vec::new();
         let (mut start, mut inflated) = (0, 0);
         for (i, (h, _)) in records.iter().enumerate() {
@@ -367,25 +378,25 @@ impl Spiller {
             inflated += n;
         }
         if parts.is_empty() {
-            return self.spill_part(st, seg, img, &records, from, to).await;
+            return self.spill_part(st, seg, bytes, &records, from, to).await;
         }
         parts.push(start..records.len());
         debug!(segment = seg_id, from, to, parts = parts.len(), "WAL range of LZ4 records spilled in parts");
         for part in parts {
             let part_from = records[part.start].1;
             let part_to = records.get(part.end).map_or(to, |r| r.1);
-            let part_img = img[(part_from - from) as usize..(part_to - from) as usize].to_vec();
-            self.spill_part(st, seg, part_img, &records[part], part_from, part_to).await?;
+            let part_bytes = bytes.part(&records, part.clone());
+            self.spill_part(st, seg, part_bytes, &records[part], part_from, part_to).await?;
         }
         Ok(())
     }
 
-    /// Spill `records`, the records of `seg` between `from` and `to`, whose bytes are `img`.
+    /// Spill `records`, the records of `seg` between `from` and `to`; `bytes` reads them.
     async fn spill_part(
         &self,
         st: &mut State,
         seg: &crate::wal::segment::Segment,
-        mut img: Vec<u8>,
+        mut bytes: RecordBytes,
         records: &[(crate::wal::record::RecordHeader, u64)],
         from: u64,
         to: u64,
@@ -395,44 +406,14 @@ impl Spiller {
         // order is the write order): a tombstone cuts the data before it. Whatever the live
         // index says now: a newer write may still be in memory only, and until it is
         // durable this version is the one a checkpoint must keep.
-        // block -> (seq, its WAL state, offset of its bytes in `img`). An LZ4 record is
-        // decompressed once, onto the end of `img`, and its blocks are taken from there.
-        let mut latest: BTreeMap<u64, (u64, BlockState, usize)> = BTreeMap::new();
+        // block -> (seq, index of its record in `records`, index of the block in the record).
+        let mut latest: BTreeMap<u64, (u64, usize, u32)> = BTreeMap::new();
         let mut tombs = Vec::new();
-        for (h, at) in records {
+        for (i, (h, _)) in records.iter().enumerate() {
             match h.kind {
-                RecordKind::Data { compressed: false } => {
-                    for k in 0..u64::from(h.count) {
-                        let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
-                        let wal = BlockState::Pending { segment: seg_id, offset };
-                        latest.insert(h.block + k, (h.seq, wal, (offset - from) as usize));
-                    }
-                }
-                RecordKind::Data { compressed: true } => {
-                    let corrupt = |detail: String| ChunkError::Other(format!("WAL segment {}: {detail}", seg.slot));
-                    let record = u32::try_from(*at)
-                        .map_err(|_| corrupt(format!("compressed record at offset {at}, past 4 GiB")))?;
-                    let start = (at - from) as usize + HEADER_LEN;
-                    let dst = img.len();
-                    img.resize(dst + h.raw_len(), 0);
-                    let (head, tail) = img.split_at_mut(dst);
-                    match lz4_flex::block::decompress_into(&head[start..start + h.data_len as usize], tail) {
-                        Ok(n) if n == h.raw_len() => {}
-                        Ok(n) => {
-                            return Err(corrupt(format!(
-                                "compressed record at synced offset {at} holds {n} bytes, not {}",
-                                h.raw_len()
-                            )))
-                        }
-                        Err(e) => {
-                            return Err(corrupt(format!(
-                                "compressed record at synced offset {at} does not decompress: {e}"
-                            )))
-                        }
-                    }
-                    for idx in 0..h.count {
-                        let wal = BlockState::PendingLz4 { segment: seg_id, record, idx };
-                        latest.insert(h.block + u64::from(idx), (h.seq, wal, dst + idx as usize * BLOCK_SIZE));
+                RecordKind::Data { .. } => {
+                    for k in 0..h.count {
+                        latest.insert(h.block + u64::from(k), (h.seq, i, k));
                     }
                 }
                 RecordKind::Zero { keep_allocated } => {
@@ -451,13 +432,32 @@ impl Spiller {
         // (in memory, or not yet synced, or a trim) may still be lost, so this version stays.
         let durable = self.wal.durable_pos();
         let index = &self.wal.index;
-        let blocks: Vec<Pick> = latest
+        let kept: Vec<(u64, (u64, usize, u32))> = latest
             .into_iter()
             .filter(|(b, (seq, _, _))| {
                 !index.get(*b).is_some_and(|e| e.seq > *seq && e.state.wal_pos().is_some_and(|pos| pos < durable))
             })
-            .map(|(b, (q, o, a))| (b, q, o, a))
             .collect();
+        // Only now are the bytes of the records kept read (and checked).
+        let needed = kept.iter().map(|(_, (_, i, _))| *i).collect();
+        bytes.read(seg, records, &needed)?;
+        let mut blocks: Vec<Pick> = Vec::with_capacity(kept.len());
+        for (b, (seq, i, k)) in kept {
+            let (h, at) = &records[i];
+            let wal = if h.is_compressed() {
+                let record = u32::try_from(*at).map_err(|_| {
+                    ChunkError::Other(format!("WAL segment {}: compressed record at offset {at}, past 4 GiB", seg.slot))
+                })?;
+                BlockState::PendingLz4 { segment: seg_id, record, idx: k }
+            } else {
+                BlockState::Pending {
+                    segment: seg_id,
+                    offset: at + HEADER_LEN as u64 + u64::from(k) * BLOCK_SIZE as u64,
+                }
+            };
+            blocks.push((b, seq, wal, bytes.block(seg, records, i, k)?));
+        }
+        let img = bytes.into_bytes();
         let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
         let img = Arc::new(img);
         let mut groups: Vec<Vec<Pick>> = blocks.chunks(per_chunk).map(<[_]>::to_vec).collect();

@@ -20,6 +20,8 @@ pub struct Faults {
     /// `write_all_vectored_at` calls made.
     pub writes: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Bytes read with `read_exact_at`.
+    pub bytes_read: AtomicU64,
     /// Every `sync_data` fails with EIO while set.
     pub fail_syncs: AtomicBool,
     /// Every write fails with ENOSPC while set.
@@ -73,6 +75,7 @@ impl File for FaultyFile {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.faults.bytes_read.fetch_add(buf.len() as u64, Ordering::SeqCst);
         self.inner.read_exact_at(buf, offset)
     }
 

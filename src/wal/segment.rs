@@ -16,10 +16,12 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use thiserror::Error;
 
 use crate::io::File;
-use crate::wal::record::BLOCK_SIZE;
+use crate::wal::record::{RecordHeader, BLOCK_SIZE};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SPILLWAL";
 /// The version this build writes. Version 2 segments may hold LZ4 data records
@@ -97,11 +99,36 @@ pub struct Segment {
     pub file: Arc<dyn File>,
     /// Where its records end once it is sealed (0 while it takes records).
     pub sealed_end: std::sync::atomic::AtomicU64,
+    /// The records this process wrote into it, in order, as (header, offset), pads left
+    /// out: the spill plans from these and reads back only the records it keeps. `None`
+    /// for a segment found at start-up, which the spill reads whole.
+    written: Option<Mutex<Vec<(RecordHeader, u64)>>>,
 }
 
 impl Segment {
+    /// A segment found at start-up (or a placeholder): no record directory.
     pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64) -> Self {
-        Self { id, slot, file, sealed_end: sealed_end.into() }
+        Self { id, slot, file, sealed_end: sealed_end.into(), written: None }
+    }
+
+    /// A segment the writer has just opened: it keeps a directory of the records it takes.
+    pub fn fresh(id: u64, slot: String, file: Arc<dyn File>) -> Self {
+        Self { id, slot, file, sealed_end: 0.into(), written: Some(Mutex::new(Vec::new())) }
+    }
+
+    /// Note a record written at `offset` (the writer, in offset order).
+    pub fn note_record(&self, header: RecordHeader, offset: u64) {
+        if let Some(w) = &self.written {
+            w.lock().push((header, offset));
+        }
+    }
+
+    /// The records noted between `from` and `to`, if this segment keeps a directory.
+    pub fn records_noted(&self, from: u64, to: u64) -> Option<Vec<(RecordHeader, u64)>> {
+        let w = self.written.as_ref()?.lock();
+        let start = w.partition_point(|r| r.1 < from);
+        let end = w.partition_point(|r| r.1 < to);
+        Some(w[start..end].to_vec())
     }
 
     pub fn sealed_end(&self) -> Option<u64> {

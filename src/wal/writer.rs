@@ -661,8 +661,9 @@ impl Writer {
             }
             let offset = self.off + self.buf.len() as u64;
             let header = RecordHeader { segment: self.current.id, synced_to: self.synced_to as u32, ..header };
-            let compressed = self.append(&header, slots)?;
-            placed.push(Placed { item: i, segment: self.current.id, offset, compressed });
+            let header = self.append(&header, slots)?;
+            self.current.note_record(header, offset);
+            placed.push(Placed { item: i, segment: self.current.id, offset, compressed: header.is_compressed() });
         }
         self.write_out(items, &mut placed)?;
         self.prepare_next();
@@ -686,11 +687,11 @@ impl Writer {
 
     /// Add one record to the batch: raw blocks stay in the arena until the write. In
     /// LZ4 mode a data record is stored compressed when that saves at least an eighth of
-    /// its bytes; returns whether it was.
-    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> Result<bool, WalError> {
+    /// its bytes. Returns the header as written.
+    fn append(&mut self, header: &RecordHeader, slots: &[SlotId]) -> Result<RecordHeader, WalError> {
         if slots.is_empty() {
             self.buf.push_bytes(&header.encode(&[]));
-            return Ok(false);
+            return Ok(*header);
         }
         let raw_len = slots.len() * BLOCK_SIZE;
         self.data_bytes_metric.increment(raw_len as u64);
@@ -707,7 +708,7 @@ impl Writer {
                 self.buf.push_slot(s);
             }
             self.stored_bytes_metric.increment(raw_len as u64);
-            return Ok(false);
+            return Ok(*header);
         }
         // LZ4 wants the blocks side by side.
         self.raw_scratch.clear();
@@ -736,14 +737,14 @@ impl Writer {
                 let padded = (n as u64).next_multiple_of(RECORD_ALIGN) as usize;
                 self.buf.push_zeros(padded - n);
                 self.stored_bytes_metric.increment(n as u64);
-                Ok(true)
+                Ok(h)
             }
             None => {
                 // Does not compress enough: stored raw, at no extra cost on disk.
                 self.buf.push_bytes(&header.encode(&[&self.raw_scratch]));
                 self.buf.push_bytes(&self.raw_scratch);
                 self.stored_bytes_metric.increment(raw_len as u64);
-                Ok(false)
+                Ok(*header)
             }
         }
     }
@@ -866,7 +867,7 @@ impl Writer {
         // header durable too: a torn header means a segment that held nothing promised.
         file.write_all_vectored_at(&[IoSlice::new(&page)], 0)
             .map_err(|e| WalError::io(what("writing header of"), e))?;
-        let seg = Arc::new(Segment::new(id, slot, file, 0));
+        let seg = Arc::new(Segment::fresh(id, slot, file));
         self.shared.segments.write().insert(id, Arc::clone(&seg));
         debug!(segment = id, slot = %seg.slot, "WAL segment opened");
         self.current = seg;
