@@ -984,7 +984,7 @@ impl BlockDevice for Volume {
     }
 
     fn write_buffer(&self, offset: u64, len: u32) -> Option<Box<dyn WriteBuffer>> {
-        let (offset, len) = (offset, u64::from(len));
+        let len = u64::from(len);
         let whole = offset % BS == 0 && len % BS == 0 && len / BS >= RECEIVE_MIN_BLOCKS;
         if !whole || self.check(offset, len).is_err() || self.check_writable().is_err() {
             return None;
