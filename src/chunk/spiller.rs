@@ -457,9 +457,8 @@ impl Spiller {
             };
             blocks.push((b, seq, wal, bytes.block(seg, records, i, k)?));
         }
-        let img = bytes.into_bytes();
         let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);
-        let img = Arc::new(img);
+        let img = Arc::new(bytes.into_bytes());
         let mut groups: Vec<Vec<Pick>> = blocks.chunks(per_chunk).map(<[_]>::to_vec).collect();
         if groups.is_empty() && !tombs.is_empty() {
             groups.push(Vec::new());

@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-
 use thiserror::Error;
 
 use crate::io::File;
