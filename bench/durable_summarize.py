@@ -181,11 +181,28 @@ PEER_NAME = re.compile(
 )
 
 
+CEILING_NAME = re.compile(r"^(?P<workload>.+)\.r(?P<round>\d+)\.(?P<server>null)\.json(?P<failed>\.failed)?$")
+
+
+def ceiling_cell(ceiling, w, n_iops):
+    """nbdkit null's median IOPS over its rounds, as a ratio to the peer's: what a server
+    that stores nothing reaches with this client on this machine ("n/a" without those runs)."""
+    c = ceiling.get((w, "null"))
+    if not c:
+        return "n/a"
+    c_iops = median(r["iops"] for r in c.values())
+    return f"{fmt_ratio(c_iops / n_iops)} ({fmt_int(c_iops)})" if n_iops else "n/a"
+
+
 def peers(out, pairings, workloads, target, nrounds):
+    ceiling, probs = {}, []
+    if os.path.isdir(os.path.join(out, "raw", "ceiling")):
+        ceiling, probs = load_runs(os.path.join(out, "raw", "ceiling"), CEILING_NAME)
     lines = [
         f"| pairing (spillway vs peer) | workload | spillway IOPS | peer IOPS | ratio | "
-        f"spillway MiB/s | peer MiB/s | per-round ratios | >= {target:.2f}x | failed attempts (retried) |",
-        "|---|---|---:|---:|---:|---:|---:|---|:---:|---|",
+        f"spillway MiB/s | peer MiB/s | per-round ratios | >= {target:.2f}x | "
+        f"ceiling: nbdkit null / peer (null IOPS) | failed attempts (retried) |",
+        "|---|---|---:|---:|---:|---:|---:|---|:---:|---:|---|",
     ]
     lat = [
         "| pairing | workload | server | p50 | p99 | p99.9 |",
@@ -196,7 +213,7 @@ def peers(out, pairings, workloads, target, nrounds):
         "data-disk bytes written per byte fio wrote |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    problems = []
+    problems = [f"ceiling: {x}" for x in probs]
     for p in pairings:
         runs, probs = load_runs(os.path.join(out, "raw", p), PEER_NAME)
         fails = failed_tries(os.path.join(out, "raw", p))
@@ -219,7 +236,7 @@ def peers(out, pairings, workloads, target, nrounds):
                 lines.append(
                     f"| {label} | {w} | {'FAILED' if not s_all else fmt_int(median(r['iops'] for r in s_all.values()))} "
                     f"| {'FAILED' if not n_all else fmt_int(median(r['iops'] for r in n_all.values()))} "
-                    f"| n/a | | | no round with both | ? | {tcell} |"
+                    f"| n/a | | | no round with both | ? | | {tcell} |"
                 )
             else:
                 s_iops = median(r["iops"] for r in s.values())
@@ -235,7 +252,8 @@ def peers(out, pairings, workloads, target, nrounds):
                 lines.append(
                     f"| {label} | {w} | {fmt_int(s_iops)} | {fmt_int(n_iops)} | **{fmt_ratio(ratio)}** "
                     f"| {median(r['mibs'] for r in s.values()):,.1f} | {median(r['mibs'] for r in n.values()):,.1f} "
-                    f"| {per_round} | {'yes' if ratio >= target else 'NO'} | {tcell} |"
+                    f"| {per_round} | {'yes' if ratio >= target else 'NO'} "
+                    f"| {ceiling_cell(ceiling, w, n_iops)} | {tcell} |"
                 )
             for srv, srv_label, r in (("spillway", spw_label, s), ("nbdkit", peer_label, n)):
                 if not r:
@@ -247,7 +265,18 @@ def peers(out, pairings, workloads, target, nrounds):
                 costs = [c for c in costs if c]
                 if costs:
                     cost.append(cost_row(p, w, srv_label, costs))
-    text = lines + ["", "Completion latency (fio clat), median over the same rounds, microseconds:", ""] + lat
+    if ceiling:
+        text_ceiling = [
+            "",
+            "The ceiling column runs fio against `nbdkit null`, which drops writes and reads zeroes: "
+            "the client's and the protocol's own cost on this machine, with nbdkit's per-request "
+            f"costs. A row whose ceiling is under {target:.2f}x cannot reach the target by "
+            "doing less storage work; spillway can pass the ceiling only by spending less than "
+            "nbdkit per request.",
+        ]
+    else:
+        text_ceiling = []
+    text = lines + text_ceiling + ["", "Completion latency (fio clat), median over the same rounds, microseconds:", ""] + lat
     if len(cost) > 2:
         text += [
             "",

@@ -18,6 +18,13 @@
 # seconds, fio's CPU seconds, and the bytes written to the data disk per byte fio wrote.
 # On a small machine fio and the server share the CPUs, so these bound the ratio.
 #
+# With CEILING=1 (the default) each round also runs every workload once against
+# `nbdkit null`, a server that stores nothing (writes are dropped, reads are
+# zeroes). What fio reaches against it is what this client, this protocol and
+# this machine allow a server with nbdkit's per-request costs: the table gives
+# it as a ratio to the peer next to spillway's, so a row whose ceiling is
+# below TARGET cannot meet TARGET by storage work alone.
+#
 # Environment (see also bench/durable_lib.sh):
 #   ROUNDS=3         rounds
 #   RUNTIME=10       seconds per timed fio run
@@ -28,6 +35,7 @@
 #   TARGET=1.25      ratio the table checks each row against
 #   RETRIES=2        a run whose fio fails (e.g. an I/O error) is retried on a fresh
 #                    server this many times; failed attempts are kept and counted
+#   CEILING=1        0 skips the nbdkit null runs
 #   DISK_PROBE=1     0 skips the 3 s fdatasync-latency probe of the data disk
 #   DATA_ROOT=...    where the data goes (default: the results dir, real disk)
 #   SETTLE, SKIP_BUILD, SPILLWAY, SPILLWAY_LOG, LOCK, LOAD_MAX, LOAD_WAIT
@@ -49,6 +57,7 @@ ORDER=${ORDER:-abab}
 SIZE=${SIZE:-1G}
 TARGET=${TARGET:-1.25}
 DISK_PROBE=${DISK_PROBE:-1}
+CEILING=${CEILING:-1}
 RETRIES=${RETRIES:-2}
 # The read workloads write 512 MiB first; with every write synced that can be slow.
 FIO_TIMEOUT=${FIO_TIMEOUT:-$((RUNTIME * 2 + 300))}
@@ -61,6 +70,7 @@ need_tools taskset fio nbdkit ss timeout flock truncate pgrep "$PYTHON"
 need_fio_nbd
 nbdkit file --version >/dev/null 2>&1 || die "nbdkit has no file plugin"
 nbdkit --filter=fua null --version >/dev/null 2>&1 || die "nbdkit has no fua filter (nbdkit-fua-filter)"
+[[ $CEILING == 0 || $CEILING == 1 ]] || die "CEILING must be 0 or 1, got '$CEILING'"
 read -r -a WL <<<"$WORKLOADS"
 read -r -a PL <<<"$PAIRINGS"
 ((${#WL[@]} > 0)) || die "WORKLOADS is empty"
@@ -76,8 +86,9 @@ build_spillway
 make_out durable-vs-nbdkit
 snapshot_spillway
 for p in "${PL[@]}"; do mkdir -p "$OUT/raw/$p"; done
+[[ $CEILING == 0 ]] || mkdir -p "$OUT/raw/ceiling"
 
-CMD="ROUNDS=$ROUNDS RUNTIME=$RUNTIME RETRIES=$RETRIES PAIRINGS=\"${PL[*]}\" WORKLOADS=\"${WL[*]}\" ORDER=$ORDER SIZE=$SIZE PIN=$PIN $0"
+CMD="ROUNDS=$ROUNDS RUNTIME=$RUNTIME RETRIES=$RETRIES PAIRINGS=\"${PL[*]}\" WORKLOADS=\"${WL[*]}\" ORDER=$ORDER SIZE=$SIZE PIN=$PIN CEILING=$CEILING $0"
 {
     echo "# spillway durable volume vs nbdkit file plugin"
     echo
@@ -87,6 +98,7 @@ CMD="ROUNDS=$ROUNDS RUNTIME=$RUNTIME RETRIES=$RETRIES PAIRINGS=\"${PL[*]}\" WORK
     if command -v nbdinfo >/dev/null; then
         echo "- libnbd (fio's nbd engine): $(nbdinfo --version 2>&1 | grep -m1 libnbd || echo unknown)"
     fi
+    [[ $CEILING == 0 ]] || echo "- ceiling: \`nbdkit null $SIZE\` (stores nothing), each workload once per round"
     echo "- both servers on TCP 127.0.0.1, export size $SIZE, fio region 512 MiB, one connection"
     echo "- fresh spillway data dir / fresh \`truncate -s $SIZE\` nbdkit file for every run, deleted (and synced) after it"
     echo "- rounds: $ROUNDS, runtime per run: ${RUNTIME}s, order: $ORDER, pairings: ${PL[*]}, workloads: ${WL[*]}"
@@ -151,6 +163,10 @@ attempt() {
             else
                 start_nbdkit "$slog" file "$dir/nbdkit.img"
             fi
+            pid=$NBK_PID
+            ;;
+        null)
+            start_nbdkit "$slog" null "$SIZE"
             pid=$NBK_PID
             ;;
     esac
@@ -231,6 +247,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
             bench_unlock
         done
     done
+    if [[ $CEILING == 1 ]]; then
+        for w in "${WL[@]}"; do
+            bench_lock
+            run_one ceiling null "$w" "$r"
+            bench_unlock
+        done
+    fi
 done
 
 # ---------------------------------------------------------------- report
