@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod crc;
 pub mod device;
 pub mod error;
 pub mod image;

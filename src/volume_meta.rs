@@ -54,7 +54,7 @@ impl VolumeMeta {
         b[16..24].copy_from_slice(&self.size.to_le_bytes());
         b[24..40].copy_from_slice(&self.volume_id);
         b[40] = self.transport;
-        let crc = crc32c::crc32c(&b[..44]);
+        let crc = crate::crc::crc32c(&b[..44]);
         b[44..48].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -64,7 +64,7 @@ impl VolumeMeta {
             return Err(MetaError::Magic);
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        if u32_at(44) != crc32c::crc32c(&b[..44]) {
+        if u32_at(44) != crate::crc::crc32c(&b[..44]) {
             return Err(MetaError::Checksum);
         }
         let version = u32_at(8);

@@ -138,7 +138,7 @@ impl ChunkHeader {
         b[32..40].copy_from_slice(&self.chunk_id.to_le_bytes());
         b[40..48].copy_from_slice(&self.wal_segment.to_le_bytes());
         b[48..56].copy_from_slice(&self.wal_offset.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..56]);
+        let crc = crate::crc::crc32c(&b[0..56]);
         b[56..60].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -151,7 +151,7 @@ impl ChunkHeader {
         if !(OLDEST_VERSION..=CHUNK_VERSION).contains(&v) {
             return Err(ChunkFormatError::Version(v));
         }
-        if crc32c::crc32c(&b[0..56]) != u32at(b, 56) {
+        if crate::crc::crc32c(&b[0..56]) != u32at(b, 56) {
             return Err(ChunkFormatError::Checksum("header"));
         }
         if u32at(b, 60) != 0 {
@@ -195,7 +195,7 @@ impl Footer {
         b[28..32].copy_from_slice(&self.tables_crc.to_le_bytes());
         b[32..40].copy_from_slice(&self.chunk_id.to_le_bytes());
         b[40..42].copy_from_slice(&CHUNK_VERSION.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..44]);
+        let crc = crate::crc::crc32c(&b[0..44]);
         b[44..48].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -204,7 +204,7 @@ impl Footer {
         if b.len() != FOOTER_LEN || b[0..8] != FOOTER_MAGIC {
             return Err(ChunkFormatError::Magic);
         }
-        if crc32c::crc32c(&b[0..44]) != u32at(b, 44) {
+        if crate::crc::crc32c(&b[0..44]) != u32at(b, 44) {
             return Err(ChunkFormatError::Checksum("footer"));
         }
         let v = u16at(b, 40);
@@ -258,7 +258,7 @@ pub fn build(
                 frame: f as u32,
                 offset: raw.len() as u32,
                 len: b.data.len() as u32,
-                crc: crc32c::crc32c(b.data),
+                crc: crate::crc::crc32c(b.data),
             });
             raw.extend_from_slice(b.data);
         }
@@ -273,7 +273,7 @@ pub fn build(
                 (false, raw.len())
             }
         };
-        let crc = crc32c::crc32c(&out[offset as usize..]);
+        let crc = crate::crc::crc32c(&out[offset as usize..]);
         frames.push(FrameLoc { offset, stored_len: stored_len as u32, raw_len: raw.len() as u32, crc, compressed });
     }
     let table_offset = out.len() as u64;
@@ -298,7 +298,7 @@ pub fn build(
         out.extend_from_slice(&t.count.to_le_bytes());
         out.extend_from_slice(&(if t.keep_allocated { FLAG_KEEP_ALLOCATED } else { 0 }).to_le_bytes());
     }
-    let tables_crc = crc32c::crc32c(&out[table_offset as usize..]);
+    let tables_crc = crate::crc::crc32c(&out[table_offset as usize..]);
     let footer = Footer {
         table_offset,
         frames: frames.len() as u32,
@@ -329,7 +329,7 @@ pub fn parse_tables(
     {
         return Err(ChunkFormatError::Layout("table sizes do not match the object".into()));
     }
-    if crc32c::crc32c(tables) != footer.tables_crc {
+    if crate::crc::crc32c(tables) != footer.tables_crc {
         return Err(ChunkFormatError::Checksum("tables"));
     }
     let nf = footer.frames as usize;
@@ -402,7 +402,7 @@ pub fn parse_object(obj: &[u8]) -> Result<ChunkTables, ChunkFormatError> {
 
 /// Check a frame's stored bytes and decompress them.
 pub fn open_frame(codec: Compression, loc: &FrameLoc, stored: &[u8]) -> Result<Vec<u8>, ChunkFormatError> {
-    if stored.len() != loc.stored_len as usize || crc32c::crc32c(stored) != loc.crc {
+    if stored.len() != loc.stored_len as usize || crate::crc::crc32c(stored) != loc.crc {
         return Err(ChunkFormatError::Checksum("frame"));
     }
     if loc.compressed {

@@ -122,8 +122,8 @@ impl Manifest {
         h[72..76].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
         h[76..80].copy_from_slice(&(self.runs.len() as u32).to_le_bytes());
         h[80..88].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        h[88..92].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        let crc = crc32c::crc32c(&h[0..92]);
+        h[88..92].copy_from_slice(&crate::crc::crc32c(&body).to_le_bytes());
+        let crc = crate::crc::crc32c(&h[0..92]);
         h[92..96].copy_from_slice(&crc.to_le_bytes());
         let mut out = h.to_vec();
         out.extend_from_slice(&body);
@@ -134,7 +134,7 @@ impl Manifest {
         if b.len() < HEADER_LEN || b[0..8] != MANIFEST_MAGIC {
             return Err(ManifestError::Magic);
         }
-        if crc32c::crc32c(&b[0..92]) != u32at(b, 92) {
+        if crate::crc::crc32c(&b[0..92]) != u32at(b, 92) {
             return Err(ManifestError::Checksum("header"));
         }
         let v = u16::from_le_bytes([b[8], b[9]]);
@@ -146,7 +146,7 @@ impl Manifest {
             "body is {} bytes, the header says {body_len}",
             b.len() - HEADER_LEN
         )))?;
-        if crc32c::crc32c(body) != u32at(b, 88) {
+        if crate::crc::crc32c(body) != u32at(b, 88) {
             return Err(ManifestError::Checksum("body"));
         }
         let mut volume_id = [0u8; 16];

@@ -74,7 +74,7 @@ pub fn damaged_blocks(object: &[u8]) -> Option<Vec<u64>> {
         .map(|f| {
             object
                 .get(f.offset as usize..(f.offset + u64::from(f.stored_len)) as usize)
-                .is_none_or(|b| crc32c::crc32c(b) != f.crc)
+                .is_none_or(|b| crate::crc::crc32c(b) != f.crc)
         })
         .collect();
     Some(t.blocks.iter().filter(|e| bad.get(e.frame as usize).copied().unwrap_or(true)).map(|e| e.block).collect())

@@ -222,7 +222,7 @@ impl ChunkStore {
         };
         let start = entry.offset as usize;
         let block = raw.get(start..start + BLOCK_SIZE).ok_or_else(|| lost("frame too short".into()))?;
-        if crc32c::crc32c(block) != entry.crc {
+        if crate::crc::crc32c(block) != entry.crc {
             return Err(lost(format!("block {} fails its checksum", entry.block)));
         }
         tracing::warn!(

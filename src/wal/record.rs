@@ -22,6 +22,7 @@
 //! bytes. It is followed by zero bytes up to a 16-byte boundary, which the checksum does not
 //! cover, so that every record starts on a 16-byte boundary as replay's search expects.
 
+use crate::crc::Crc32c;
 use thiserror::Error;
 
 pub const RECORD_MAGIC: u32 = 0x5257_5053;
@@ -129,11 +130,12 @@ impl RecordHeader {
         b[32..36].copy_from_slice(&self.count.to_le_bytes());
         b[36..40].copy_from_slice(&self.data_len.to_le_bytes());
         b[40..44].copy_from_slice(&self.synced_to.to_le_bytes());
-        let mut crc = crc32c::crc32c(&b[..44]);
+        let mut crc = Crc32c::new();
+        crc.update(&b[..44]);
         for p in payload {
-            crc = crc32c::crc32c_append(crc, p);
+            crc.update(p);
         }
-        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        b[44..48].copy_from_slice(&crc.finish().to_le_bytes());
         b
     }
 
@@ -181,7 +183,10 @@ impl RecordHeader {
     /// Check the stored checksum against the header bytes and the payload.
     pub fn verify(b: &[u8; HEADER_LEN], payload: &[u8]) -> Result<(), RecordError> {
         let stored = u32::from_le_bytes([b[44], b[45], b[46], b[47]]);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..44]), payload);
+        let mut crc = Crc32c::new();
+        crc.update(&b[..44]);
+        crc.update(payload);
+        let crc = crc.finish();
         if crc == stored {
             Ok(())
         } else {

@@ -64,7 +64,7 @@ impl SegmentHeader {
         b[24..32].copy_from_slice(&self.prev_id.to_le_bytes());
         b[32..40].copy_from_slice(&self.prev_end.to_le_bytes());
         b[40..56].copy_from_slice(&self.volume_id);
-        let crc = crc32c::crc32c(&b[..60]);
+        let crc = crate::crc::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -75,7 +75,7 @@ impl SegmentHeader {
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        if u32_at(60) != crc32c::crc32c(&b[..60]) {
+        if u32_at(60) != crate::crc::crc32c(&b[..60]) {
             return Err(SegmentHeaderError::Checksum);
         }
         if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&u32_at(8)) {

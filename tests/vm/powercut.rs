@@ -82,7 +82,7 @@ fn block_content(block: u64, gen: u64, n: u64) -> Vec<u8> {
         let v = splitmix(&mut state).to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
-    let crc = crc32c::crc32c(&b[..BS - 4]);
+    let crc = spillway::crc::crc32c(&b[..BS - 4]);
     b[BS - 4..].copy_from_slice(&crc.to_le_bytes());
     b
 }
@@ -97,7 +97,7 @@ fn describe_block(block: u64, b: &[u8]) -> String {
         return format!("R {block} Z");
     }
     let crc = u32::from_le_bytes(b[BS - 4..].try_into().expect("4 bytes"));
-    if &b[0..8] != MAGIC || crc32c::crc32c(&b[..BS - 4]) != crc {
+    if &b[0..8] != MAGIC || spillway::crc::crc32c(&b[..BS - 4]) != crc {
         // Which 512-byte sectors are zero helps tell a torn write from garbage.
         let zero: String = b.chunks(512).map(|s| if s.iter().all(|&x| x == 0) { '0' } else { 'x' }).collect();
         return format!("R {block} BAD checksum sectors={zero} head={}", hex(&b[..32]));
