@@ -35,7 +35,7 @@ use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
 use crate::wal::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::replay;
 use crate::wal::writer::{Op, Shared, WalConfig, Writer};
-use crate::wal::{Durability, RecoveryMode, SyncPolicy, WalCompress, WalError};
+use crate::wal::{Durability, RecoveryMode, SyncPolicy, WalCompress};
 
 const BS: u64 = BLOCK_SIZE as u64;
 /// Blocks in one WAL data record (256 KiB).
@@ -395,7 +395,7 @@ impl Volume {
                 .map_err(|_| VolumeError::io("the WAL writer panicked", std::io::ErrorKind::Other.into()))?;
         }
         if self.shared.is_poisoned() {
-            return Err(WalError::Poisoned.into());
+            return Err(self.shared.poisoned_error().into());
         }
         self.spiller.drain().await?;
         Ok(())
@@ -422,7 +422,7 @@ impl Volume {
 
     fn check_writable(&self) -> Result<(), VolumeError> {
         if self.shared.is_poisoned() {
-            return Err(WalError::Poisoned.into());
+            return Err(self.shared.poisoned_error().into());
         }
         Ok(())
     }

@@ -206,8 +206,8 @@ async fn a_spill_reads_back_only_the_records_it_keeps() {
         v.read(m * MIB, &mut got).await.unwrap();
         assert!(got == pattern(100 + m, MIB as usize), "MiB {m} after the spill");
     }
-    // Damage one byte of a new write's record in the WAL file: the spill at the close
-    // refuses it (the background spill would log it and try again).
+    // Damage one byte of a new write's record in the WAL file: the spill refuses it, the
+    // volume is poisoned rather than left to fill its WAL, and the close refuses it too.
     let marker = pattern(777, MIB as usize);
     v.write(8 * MIB, &marker, false).await.unwrap();
     let mut damaged = 0;
@@ -221,6 +221,20 @@ async fn a_spill_reads_back_only_the_records_it_keeps() {
         }
     }
     assert_eq!(damaged, 1, "the new write's record is in one WAL file");
+    // (Bounded only so that a spill that never gives up fails the test instead of hanging it.)
+    let err = tokio::time::timeout(Duration::from_secs(120), v.spill_now())
+        .await
+        .expect("the spill gives up on damage instead of trying forever")
+        .expect_err("a damaged record must not be spilled");
+    assert!(err.to_string().contains("no valid record"), "unexpected error: {err}");
+    let err = v.write(9 * MIB, &pattern(778, 4096), false).await.expect_err("writes fail once the spill found damage");
+    assert!(err.to_string().contains("poisoned"), "unexpected error: {err}");
+    assert!(v.flush().await.is_err(), "flushes fail too");
+    for m in 0..4 {
+        let mut got = vec![0u8; MIB as usize];
+        v.read(m * MIB, &mut got).await.expect("undamaged blocks still read");
+        assert!(got == pattern(100 + m, MIB as usize), "MiB {m} after the damage");
+    }
     let err = v.close().await.expect_err("a damaged record must not be spilled");
     assert!(err.to_string().contains("no valid record"), "unexpected error: {err}");
 }

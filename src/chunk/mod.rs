@@ -52,6 +52,20 @@ pub enum ChunkError {
     Unknown(u64),
     #[error("manifest: {0}")]
     Manifest(#[from] manifest::ManifestError),
+    /// WAL data the spill must move is damaged (a checksum, a record where the directory
+    /// put another, a record that does not decompress): it cannot be spilled, ever.
+    #[error("{0}")]
+    WalDamaged(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl ChunkError {
+    /// An error reading WAL records for the spill: damage, or I/O (which may pass).
+    pub fn from_wal_read(e: crate::wal::WalError) -> Self {
+        match e {
+            crate::wal::WalError::Corrupt { .. } => ChunkError::WalDamaged(e.to_string()),
+            e => ChunkError::Other(e.to_string()),
+        }
+    }
 }

@@ -66,9 +66,9 @@ impl RecordBytes {
             let (first, last) = (unread[k], unread[end - 1]);
             let from = records[first].1;
             let to = records[last].1 + records[last].0.total_len();
-            let (img, found) = records_between(seg, from, to).map_err(|e| ChunkError::Other(e.to_string()))?;
+            let (img, found) = records_between(seg, from, to).map_err(ChunkError::from_wal_read)?;
             if found.as_slice() != &records[first..=last] {
-                return Err(ChunkError::Other(format!(
+                return Err(ChunkError::WalDamaged(format!(
                     "WAL segment {}: the records between offsets {from} and {to} are not the ones written there",
                     seg.slot
                 )));
@@ -95,7 +95,7 @@ impl RecordBytes {
         let raw = match self.raw[i] {
             Some(r) => r,
             None => {
-                let corrupt = |detail: String| ChunkError::Other(format!("WAL segment {}: {detail}", seg.slot));
+                let corrupt = |detail: String| ChunkError::WalDamaged(format!("WAL segment {}: {detail}", seg.slot));
                 let dst = self.bytes.len();
                 self.bytes.resize(dst + h.raw_len(), 0);
                 let (head, tail) = self.bytes.split_at_mut(dst);

@@ -127,6 +127,9 @@ pub struct Spiller {
     max_segments: usize,
     state: tokio::sync::Mutex<State>,
     spilled: watch::Sender<(u64, u64)>,
+    /// Set when a spill met damaged WAL data: nothing past it can ever be spilled, so the
+    /// spiller stops and whoever waits for it gets this error.
+    failed: Mutex<Option<String>>,
     urgent: AtomicBool,
     wake: Notify,
     stopping: AtomicBool,
@@ -178,6 +181,7 @@ impl Spiller {
                 behind_since: None,
             }),
             spilled,
+            failed: Mutex::new(None),
             urgent: AtomicBool::new(false),
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -200,14 +204,35 @@ impl Spiller {
                 return;
             }
             let urgent = self.urgent.swap(false, Ordering::AcqRel);
-            if self.cfg.hold_in_wal {
+            if self.cfg.hold_in_wal || self.failed.lock().is_some() {
                 continue;
             }
-            if let Err(e) = self.round(urgent).await {
-                error!(error = %e, "spill round failed; the data stays in the WAL and the spill tries again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match self.round(urgent).await {
+                Ok(()) => {}
+                Err(ChunkError::WalDamaged(detail)) => self.fail(detail),
+                Err(e) => {
+                    error!(error = %e, "spill round failed; the data stays in the WAL and the spill tries again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
+    }
+
+    /// The spill met WAL data it can never move: a record damaged on disk since it was
+    /// written (the blocks of a damaged record cannot be read either). Retrying would fail
+    /// the same way forever while the WAL fills and writes wait for it; so the volume is
+    /// poisoned at once (writes and flushes fail with EIO, reads of undamaged blocks go
+    /// on), and whoever waits for the spill gets the error.
+    fn fail(&self, detail: String) {
+        error!(
+            error = %detail,
+            "the spill met damaged WAL data and stops; restart the server (with --recovery-mode \
+             tolerate-corruption to drop the damaged record and keep the rest)"
+        );
+        self.wal.poison(&detail);
+        *self.failed.lock() = Some(detail);
+        // Wake the waiters of `spill_through`, who look at `failed` (set first).
+        self.spilled.send_modify(|_| {});
     }
 
     /// Spill everything synced up to now and wait for it to reach the backend
@@ -216,8 +241,15 @@ impl Spiller {
         let mut rx = self.spilled.subscribe();
         self.urgent.store(true, Ordering::Release);
         self.wake.notify_one();
-        rx.wait_for(|p| *p >= target).await.map_err(|_| ChunkError::Other("the spiller stopped".into()))?;
-        Ok(())
+        let reached = *rx
+            .wait_for(|p| *p >= target || self.failed.lock().is_some())
+            .await
+            .map_err(|_| ChunkError::Other("the spiller stopped".into()))?
+            >= target;
+        match self.failed.lock().clone() {
+            Some(detail) if !reached => Err(ChunkError::WalDamaged(detail)),
+            _ => Ok(()),
+        }
     }
 
     /// Stop the background task, spill everything and write the manifest (clean shutdown).
@@ -362,7 +394,7 @@ impl Spiller {
                 (records, RecordBytes::unread(n))
             }
             None => {
-                let (img, records) = records_between(seg, from, to).map_err(|e| ChunkError::Other(e.to_string()))?;
+                let (img, records) = records_between(seg, from, to).map_err(ChunkError::from_wal_read)?;
                 let bytes = RecordBytes::whole(img, &records, from.max(DATA_START));
                 (records, bytes)
             }

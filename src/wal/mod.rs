@@ -23,8 +23,9 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the volume is poisoned after a failed write or sync; restart the server")]
-    Poisoned,
+    /// Every write and flush after the first failure, with what that failure was.
+    #[error("the volume is poisoned ({0}); restart the server")]
+    Poisoned(String),
     #[error("the WAL is shut down")]
     Closed,
     #[error(

@@ -98,6 +98,8 @@ pub struct Shared {
     wake: Condvar,
     progress: watch::Sender<Progress>,
     poisoned: AtomicBool,
+    /// What poisoned it, for the errors of the writes and flushes that follow.
+    poison_reason: Mutex<String>,
     /// Open segments by id; readers clone an `Arc` while they read.
     pub segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
     pub index: Arc<Index>,
@@ -143,6 +145,7 @@ impl Shared {
             wake: Condvar::new(),
             progress,
             poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(String::new()),
             segments: RwLock::new(BTreeMap::new()),
             index,
             arena,
@@ -206,10 +209,15 @@ impl Shared {
         self.poisoned.load(Ordering::Acquire)
     }
 
+    /// The error of a write or flush refused because the volume is poisoned.
+    pub fn poisoned_error(&self) -> WalError {
+        WalError::Poisoned(self.poison_reason.lock().clone())
+    }
+
     /// Queue an item; returns its log sequence number, for [`Shared::wait_durable`].
     pub fn submit(&self, op: Op, force_sync: bool) -> Result<u64, WalError> {
         if self.is_poisoned() {
-            return Err(WalError::Poisoned);
+            return Err(self.poisoned_error());
         }
         let mut q = self.queue.lock();
         if q.closing {
@@ -240,7 +248,7 @@ impl Shared {
         if p.durable >= lsn {
             Ok(())
         } else {
-            Err(WalError::Poisoned)
+            Err(self.poisoned_error())
         }
     }
 
@@ -254,7 +262,16 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    fn poison(&self, why: &WalError) {
+    /// After a failed sync or write, or WAL data the spill found damaged: every write and
+    /// flush fails from now on.
+    pub(crate) fn poison(&self, why: &dyn std::fmt::Display) {
+        // The reason first: whoever sees the flag finds it.
+        {
+            let mut reason = self.poison_reason.lock();
+            if reason.is_empty() {
+                *reason = why.to_string();
+            }
+        }
         if !self.poisoned.swap(true, Ordering::AcqRel) {
             error!(error = %why, "WAL failure: the volume is poisoned; every write and flush fails with EIO until restart");
         }
@@ -340,7 +357,7 @@ impl SyncTicket {
         let result = {
             let _gate = shared.sync_gate.lock();
             if shared.is_poisoned() {
-                Err(WalError::Poisoned)
+                Err(shared.poisoned_error())
             } else {
                 let started = Instant::now();
                 match self.segment.file.sync_data() {
