@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -42,15 +42,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Await a future unless the server is shutting down or the reply writer died; then leave
 /// the enclosing loop. Every wait of the reader goes through this, so none can stall a
 /// shutdown.
+///
+/// Most waits are over at once (a header already in the receive buffer, budget to spare),
+/// so the operation is polled once first: arming the two signals locks and unlocks a
+/// waiter list each: 4.8 % of the server's CPU samples with 4 KiB writes. A reader that
+/// never has to wait still meets them soon: the receive buffer runs dry, and tokio's
+/// co-operative budget makes sockets and semaphores wait now and then.
 macro_rules! or_stop {
-    ($dead:ident, $stop:ident, $fut:expr) => {
-        tokio::select! {
-            biased;
-            _ = $dead.notified() => break Ok(()),
-            _ = $stop.wait_for(|s| *s) => break Ok(()),
-            v = $fut => v,
+    ($dead:ident, $stop:ident, $fut:expr) => {{
+        let mut fut = std::pin::pin!($fut);
+        match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            Poll::Ready(v) => v,
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = $dead.notified() => break Ok(()),
+                _ = $stop.wait_for(|s| *s) => break Ok(()),
+                v = fut => v,
+            },
         }
-    };
+    }};
 }
 
 /// The bytes of one reply, ready to go.
