@@ -32,7 +32,7 @@ use crate::backend::retry::backoff;
 use crate::codec::Compression;
 use crate::io::FileSystem;
 use crate::store::index::{BlockState, Loc};
-use crate::wal::record::{RecordKind, BLOCK_SIZE, HEADER_LEN};
+use crate::wal::record::{RecordKind, BLOCK_SIZE};
 use crate::wal::replay::records_between;
 use crate::wal::segment::DATA_START;
 use crate::wal::writer::Shared;
@@ -476,17 +476,9 @@ impl Spiller {
         let mut blocks: Vec<Pick> = Vec::with_capacity(kept.len());
         for (b, (seq, i, k)) in kept {
             let (h, at) = &records[i];
-            let wal = if h.is_compressed() {
-                let record = u32::try_from(*at).map_err(|_| {
-                    ChunkError::Other(format!("WAL segment {}: compressed record at offset {at}, past 4 GiB", seg.slot))
-                })?;
-                BlockState::PendingLz4 { segment: seg_id, record, idx: k }
-            } else {
-                BlockState::Pending {
-                    segment: seg_id,
-                    offset: at + HEADER_LEN as u64 + u64::from(k) * BLOCK_SIZE as u64,
-                }
-            };
+            let wal = BlockState::in_wal_record(seg_id, *at, h.is_compressed(), k).ok_or_else(|| {
+                ChunkError::Other(format!("WAL segment {}: compressed record at offset {at}, past 4 GiB", seg.slot))
+            })?;
             blocks.push((b, seq, wal, bytes.block(seg, records, i, k)?));
         }
         let per_chunk = (self.cfg.chunk_bytes / BLOCK_SIZE).max(1);

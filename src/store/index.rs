@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 
 use super::arena::SlotId;
 use super::hash::{run_hash, BuildBlockHasher};
+use crate::wal::record::{BLOCK_SIZE, HEADER_LEN};
 
 /// Where a block's current content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,19 @@ pub enum BlockState {
 }
 
 impl BlockState {
+    /// Block `k` of the data record whose header is at `record` in WAL segment `segment`
+    /// (`docs/wal.md`): the writer, replay and the spill all place blocks through this.
+    /// `None` for an LZ4 record past 4 GiB into its segment, which no segment this program
+    /// writes reaches; each caller reports it in its own terms.
+    pub fn in_wal_record(segment: u64, record: u64, compressed: bool, k: u32) -> Option<BlockState> {
+        if compressed {
+            Some(BlockState::PendingLz4 { segment, record: u32::try_from(record).ok()?, idx: k })
+        } else {
+            let offset = record + (HEADER_LEN + k as usize * BLOCK_SIZE) as u64;
+            Some(BlockState::Pending { segment, offset })
+        }
+    }
+
     /// Where in the WAL the block's version is, as (segment, offset) ordered like the log:
     /// the block's bytes, or for an LZ4 record the record's start. `None` when not in the WAL.
     pub fn wal_pos(&self) -> Option<(u64, u64)> {
@@ -256,6 +270,21 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_of_a_wal_record_are_placed_after_its_header() {
+        // docs/wal.md: a 48-byte header, then whole blocks.
+        assert_eq!(
+            BlockState::in_wal_record(3, 8192, false, 2),
+            Some(BlockState::Pending { segment: 3, offset: 8192 + 48 + 2 * 4096 })
+        );
+        assert_eq!(
+            BlockState::in_wal_record(3, 8192, true, 2),
+            Some(BlockState::PendingLz4 { segment: 3, record: 8192, idx: 2 })
+        );
+        assert_eq!(BlockState::in_wal_record(3, 1 << 32, true, 0), None, "an LZ4 record past 4 GiB");
+        assert!(BlockState::in_wal_record(3, 1 << 32, false, 0).is_some(), "a raw one is placed by its offset");
+    }
 
     #[test]
     fn settle_only_matching_seq_and_count_live() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::{debug, error, info, warn};
 
-use super::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
+use super::record::{RecordHeader, RecordKind, HEADER_LEN};
 use super::segment::{Segment, SegmentHeader, DATA_START, SEGMENT_HEADER_LEN};
 use super::{RecoveryMode, WalError};
 use crate::io::{File, FileSystem};
@@ -273,24 +273,17 @@ fn apply(
     out.records += 1;
     out.next_seq = out.next_seq.max(h.seq + 1);
     match h.kind {
-        RecordKind::Data { compressed: false } => {
-            for k in 0..u64::from(h.count) {
-                let offset = at + HEADER_LEN as u64 + k * BLOCK_SIZE as u64;
-                index.set(h.block + k, Some(Entry { seq: h.seq, state: BlockState::Pending { segment, offset } }));
-            }
-        }
-        RecordKind::Data { compressed: true } => {
-            // Checked against the CRC of the stored (compressed) payload; a read decompresses
-            // it, and a payload that does not decompress is then an error, never zeroes.
-            // Segments are at most 4 GiB (`VolumeConfig::validate`), so this cannot fail for
-            // a segment this program wrote.
-            let record = u32::try_from(at).map_err(|_| WalError::Corrupt {
-                path: path.to_owned(),
-                detail: format!("compressed record at offset {at}, past 4 GiB"),
-            })?;
-            for idx in 0..h.count {
-                let state = BlockState::PendingLz4 { segment, record, idx };
-                index.set(h.block + u64::from(idx), Some(Entry { seq: h.seq, state }));
+        RecordKind::Data { compressed } => {
+            // An LZ4 record was checked against the CRC of its stored (compressed) payload;
+            // a read decompresses it, and a payload that does not decompress is then an
+            // error, never zeroes. Segments are at most 4 GiB (`VolumeConfig::validate`), so
+            // placing a block cannot fail for a segment this program wrote.
+            for k in 0..h.count {
+                let state = BlockState::in_wal_record(segment, at, compressed, k).ok_or_else(|| WalError::Corrupt {
+                    path: path.to_owned(),
+                    detail: format!("compressed record at offset {at}, past 4 GiB"),
+                })?;
+                index.set(h.block + u64::from(k), Some(Entry { seq: h.seq, state }));
             }
         }
         RecordKind::Zero { keep_allocated } => {

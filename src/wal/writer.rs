@@ -801,19 +801,15 @@ impl Writer {
         for p in placed.drain(..) {
             let item = &items[p.item];
             if let Op::Data { seq, block, slots } = &item.op {
-                // Segments are at most 4 GiB (checked in `Writer::start`).
-                let record = u32::try_from(p.offset).map_err(|_| {
-                    WalError::io(format!("WAL offset {} past 4 GiB", p.offset), std::io::ErrorKind::InvalidData.into())
-                })?;
                 for k in 0..slots.len() {
-                    let wal = if p.compressed {
-                        BlockState::PendingLz4 { segment: p.segment, record, idx: k as u32 }
-                    } else {
-                        BlockState::Pending {
-                            segment: p.segment,
-                            offset: p.offset + (HEADER_LEN + k * BLOCK_SIZE) as u64,
-                        }
-                    };
+                    // Segments are at most 4 GiB (checked in `Writer::start`).
+                    let wal =
+                        BlockState::in_wal_record(p.segment, p.offset, p.compressed, k as u32).ok_or_else(|| {
+                            WalError::io(
+                                format!("WAL offset {} past 4 GiB", p.offset),
+                                std::io::ErrorKind::InvalidData.into(),
+                            )
+                        })?;
                     if let Some(slot) = self.shared.index.settle(block + k as u64, *seq, wal) {
                         self.shared.arena.release(slot);
                     }
