@@ -395,6 +395,7 @@ impl Volume {
                 .map_err(|_| VolumeError::io("the WAL writer panicked", std::io::ErrorKind::Other.into()))?;
         }
         if self.shared.is_poisoned() {
+            self.spiller.stop().await;
             return Err(self.shared.poisoned_error().into());
         }
         self.spiller.drain().await?;

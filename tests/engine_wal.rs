@@ -314,6 +314,30 @@ async fn corruption_in_the_middle_refuses_to_start_unless_tolerated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_dropped_at_start_up_is_never_spilled() {
+    // The ten records are only in the WAL (`cfg` keeps the spill off), record 3 damaged.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, recs) = ten_synced_records(dir.path()).await;
+    flip(&path, recs[3].0 + 48 + 7);
+    // With the spill on, the records replay kept go to chunks; the dropped one is never read
+    // again (reading it would fail its checksum and poison the volume).
+    let with_spill = |recovery| VolumeConfig { recovery, spill: SpillConfig::default(), ..cfg(Durability::Strict) };
+    let (v, _) = open(dir.path(), with_spill(RecoveryMode::TolerateCorruption)).await;
+    v.spill_now().await.expect("the records replay kept are spilled");
+    v.write(20 * BS as u64, &pattern(120, BS), false).await.expect("the volume takes writes");
+    v.close().await.expect("and closes cleanly");
+    drop(v);
+    // The checkpoint now starts the log past the damage: a plain start works, from chunks.
+    let (v, _) = open(dir.path(), with_spill(RecoveryMode::TolerateTail)).await;
+    for i in (0..10u64).filter(|&i| i != 3) {
+        assert_eq!(read(&v, i * BS as u64, BS).await, pattern(100 + i, BS), "block {i}");
+    }
+    assert_eq!(read(&v, 3 * BS as u64, BS).await, vec![0u8; BS], "the dropped record stays dropped");
+    assert_eq!(read(&v, 20 * BS as u64, BS).await, pattern(120, BS));
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_segment_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let c = VolumeConfig { segment_bytes: 1 << 20, ..cfg(Durability::Relaxed) };

@@ -1,8 +1,9 @@
-//! The bytes a spill takes from the WAL. A segment this process wrote keeps a directory of
-//! its records (`Segment::records_noted`), so the spill plans from the headers alone and
-//! reads back only the records whose blocks it keeps: a block a newer durable write has
-//! replaced is never read again. A segment found at start-up is read whole, as the spill's
-//! plan needs its headers. Every record read is checked against its CRC, and one read from
+//! The bytes a spill takes from the WAL. A segment keeps a directory of its records
+//! (`Segment::records_noted`: noted by the writer, or listed by replay for a segment found
+//! at start-up), so the spill plans from the headers alone and reads back only the records
+//! whose blocks it keeps: a block a newer durable write has replaced is never read again,
+//! nor a damaged record replay dropped. A segment without a directory (none that holds
+//! records) would be read whole. Every record read is checked against its CRC, and one read from
 //! a directory must be the record that was written there.
 
 use std::collections::BTreeSet;

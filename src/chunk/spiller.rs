@@ -252,20 +252,30 @@ impl Spiller {
         }
     }
 
-    /// Stop the background task, spill everything and write the manifest (clean shutdown).
-    pub async fn drain(&self) -> Result<(), ChunkError> {
+    /// Stop the background task (a poisoned volume's close: nothing more is spilled).
+    pub async fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.wake.notify_one();
         let task = self.task.lock().take();
         if let Some(t) = task {
             let _ = t.await;
         }
+    }
+
+    /// Stop the background task, spill everything and write the manifest (clean shutdown).
+    pub async fn drain(&self) -> Result<(), ChunkError> {
+        self.stop().await;
         if self.cfg.hold_in_wal {
             return Ok(());
         }
         let mut st = self.state.lock().await;
         let target = self.wal.durable_pos();
-        self.spill_to(&mut st, target).await?;
+        if let Err(e) = self.spill_to(&mut st, target).await {
+            if let ChunkError::WalDamaged(detail) = &e {
+                self.fail(detail.clone());
+            }
+            return Err(e);
+        }
         self.write_manifest(&mut st).await?;
         let t = &self.totals;
         info!(
@@ -387,7 +397,8 @@ impl Spiller {
         from: u64,
         to: u64,
     ) -> Result<(), ChunkError> {
-        // A segment this process wrote lists its records; one found at start-up is read whole.
+        // A segment lists its records (the writer's or replay's directory); one without a
+        // directory is read whole.
         let (records, bytes) = match seg.records_noted(from, to) {
             Some(records) => {
                 let n = records.len();

@@ -120,9 +120,9 @@ pub fn replay(
         // Where this segment's records must end, if a later segment says so.
         let bound = next.filter(|n| n.header.prev_id == f.header.id).map(|n| n.header.prev_end);
         let skip_to = if f.header.id == from.0 { from.1 } else { 0 };
-        let end = scan_segment(f, bound, skip_to, mode, index, &mut out)?;
+        let (end, records) = scan_segment(f, bound, skip_to, mode, index, &mut out)?;
         out.last = (f.header.id, end);
-        out.segments.push(Arc::new(Segment::new(f.header.id, f.slot.clone(), Arc::clone(&f.file), end)));
+        out.segments.push(Arc::new(Segment::replayed(f.header.id, f.slot.clone(), Arc::clone(&f.file), end, records)));
     }
     if out.records > 0 || out.dropped_bytes > 0 {
         info!(
@@ -190,7 +190,7 @@ fn scan_segment(
     mode: RecoveryMode,
     index: &Index,
     out: &mut Replayed,
-) -> Result<u64, WalError> {
+) -> Result<(u64, Vec<(RecordHeader, u64)>), WalError> {
     let len = f.file.size().map_err(|e| WalError::io(format!("reading {}", f.path.display()), e))?;
     let limit = bound.unwrap_or(len);
     if limit > len || limit < DATA_START {
@@ -201,11 +201,17 @@ fn scan_segment(
     f.file.read_exact_at(&mut img, DATA_START).map_err(|e| WalError::io(format!("reading {}", f.path.display()), e))?;
     let id = f.header.id;
     let mut pos = 0usize;
+    // The records accepted, for the segment's directory: the spill reads only those, and
+    // never the bytes of a damaged record dropped here.
+    let mut records = Vec::new();
     while pos < img.len() {
         if let Some(r) = record_at(&img, pos, id) {
             let at = DATA_START + r.at as u64;
             if at >= skip_to {
                 apply(index, &r.header, id, at, &f.path, out)?;
+            }
+            if r.header.kind != RecordKind::Pad {
+                records.push((r.header, at));
             }
             pos += r.header.total_len() as usize;
             continue;
@@ -258,7 +264,7 @@ fn scan_segment(
             }
         }
     }
-    Ok(DATA_START + pos.min(img.len()) as u64)
+    Ok((DATA_START + pos.min(img.len()) as u64, records))
 }
 
 /// Apply one durable record to the index.

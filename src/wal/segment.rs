@@ -98,16 +98,29 @@ pub struct Segment {
     pub file: Arc<dyn File>,
     /// Where its records end once it is sealed (0 while it takes records).
     pub sealed_end: std::sync::atomic::AtomicU64,
-    /// The records this process wrote into it, in order, as (header, offset), pads left
-    /// out: the spill plans from these and reads back only the records it keeps. `None`
-    /// for a segment found at start-up, which the spill reads whole.
+    /// Its records, in order, as (header, offset), pads left out: those this process wrote,
+    /// or those replay accepted in a segment found at start-up. The spill plans from these
+    /// and reads back only the records it keeps. `None` for a placeholder.
     written: Option<Mutex<Vec<(RecordHeader, u64)>>>,
 }
 
 impl Segment {
-    /// A segment found at start-up (or a placeholder): no record directory.
+    /// A placeholder: no record directory.
     pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64) -> Self {
         Self { id, slot, file, sealed_end: sealed_end.into(), written: None }
+    }
+
+    /// A segment found at start-up, with the records replay accepted in it (in offset
+    /// order). A damaged record replay dropped (`--recovery-mode tolerate-corruption`) is
+    /// not among them, so the spill never reads it.
+    pub fn replayed(
+        id: u64,
+        slot: String,
+        file: Arc<dyn File>,
+        sealed_end: u64,
+        records: Vec<(RecordHeader, u64)>,
+    ) -> Self {
+        Self { id, slot, file, sealed_end: sealed_end.into(), written: Some(Mutex::new(records)) }
     }
 
     /// A segment the writer has just opened: it keeps a directory of the records it takes.
