@@ -228,7 +228,8 @@ run_one() {
     for ((try = 1; try <= RETRIES + 1; try++)); do
         attempt "$@" "$try" && return 0
     done
-    FAILED=$((FAILED + 1))
+    # The ceiling is context, not a result: its failure is in notes.md only.
+    [[ $1 == ceiling ]] || FAILED=$((FAILED + 1))
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
