@@ -2,9 +2,8 @@
 //! (`Segment::records_noted`: noted by the writer, or listed by replay for a segment found
 //! at start-up), so the spill plans from the headers alone and reads back only the records
 //! whose blocks it keeps: a block a newer durable write has replaced is never read again,
-//! nor a damaged record replay dropped. A segment without a directory (none that holds
-//! records) would be read whole. Every record read is checked against its CRC, and one read from
-//! a directory must be the record that was written there.
+//! nor a damaged record replay dropped. Every record read is checked against its CRC, and
+//! must be the record the directory says was written there.
 
 use std::collections::BTreeSet;
 
@@ -29,25 +28,6 @@ impl RecordBytes {
     /// Nothing read yet, for `n` records.
     pub fn unread(n: usize) -> Self {
         Self { bytes: Vec::new(), at: vec![None; n], raw: vec![None; n] }
-    }
-
-    /// The records of a range read whole from `from`: `bytes` starts there.
-    pub fn whole(bytes: Vec<u8>, records: &Records, from: u64) -> Self {
-        let at = records.iter().map(|r| Some((r.1 - from) as usize)).collect();
-        Self { bytes, at, raw: vec![None; records.len()] }
-    }
-
-    /// The part of a range read whole that holds `records[part]`, for a spill in parts.
-    pub fn part(&self, records: &Records, part: std::ops::Range<usize>) -> Self {
-        let mut out = Self::unread(part.len());
-        for (j, i) in part.enumerate() {
-            if let Some(a) = self.at[i] {
-                let len = records[i].0.total_len() as usize;
-                out.at[j] = Some(out.bytes.len());
-                out.bytes.extend_from_slice(&self.bytes[a..a + len]);
-            }
-        }
-        out
     }
 
     /// Read the records in `needed` not read yet, a run of neighbouring ones with one read,

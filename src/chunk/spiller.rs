@@ -33,7 +33,6 @@ use crate::codec::Compression;
 use crate::io::FileSystem;
 use crate::store::index::{BlockState, Loc};
 use crate::wal::record::{RecordKind, BLOCK_SIZE};
-use crate::wal::replay::records_between;
 use crate::wal::segment::DATA_START;
 use crate::wal::writer::Shared;
 
@@ -397,19 +396,9 @@ impl Spiller {
         from: u64,
         to: u64,
     ) -> Result<(), ChunkError> {
-        // A segment lists its records (the writer's or replay's directory); one without a
-        // directory is read whole.
-        let (records, bytes) = match seg.records_noted(from, to) {
-            Some(records) => {
-                let n = records.len();
-                (records, RecordBytes::unread(n))
-            }
-            None => {
-                let (img, records) = records_between(seg, from, to).map_err(ChunkError::from_wal_read)?;
-                let bytes = RecordBytes::whole(img, &records, from.max(DATA_START));
-                (records, bytes)
-            }
-        };
+        // The segment lists its records (the writer's or replay's directory): the spill plans
+        // from those, and reads only the records it keeps.
+        let records = seg.records_noted(from, to);
         let mut parts = Vec::new();
         let (mut start, mut inflated) = (0, 0);
         for (i, (h, _)) in records.iter().enumerate() {
@@ -421,14 +410,14 @@ impl Spiller {
             inflated += n;
         }
         if parts.is_empty() {
-            return self.spill_part(st, seg, bytes, &records, from, to).await;
+            return self.spill_part(st, seg, RecordBytes::unread(records.len()), &records, from, to).await;
         }
         parts.push(start..records.len());
         debug!(segment = seg_id, from, to, parts = parts.len(), "WAL range of LZ4 records spilled in parts");
         for part in parts {
             let part_from = records[part.start].1;
             let part_to = records.get(part.end).map_or(to, |r| r.1);
-            let part_bytes = bytes.part(&records, part.clone());
+            let part_bytes = RecordBytes::unread(part.len());
             self.spill_part(st, seg, part_bytes, &records[part], part_from, part_to).await?;
         }
         Ok(())

@@ -122,7 +122,7 @@ pub fn replay(
         let skip_to = if f.header.id == from.0 { from.1 } else { 0 };
         let (end, records) = scan_segment(f, bound, skip_to, mode, index, &mut out)?;
         out.last = (f.header.id, end);
-        out.segments.push(Arc::new(Segment::replayed(f.header.id, f.slot.clone(), Arc::clone(&f.file), end, records)));
+        out.segments.push(Arc::new(Segment::new(f.header.id, f.slot.clone(), Arc::clone(&f.file), end, records)));
     }
     if out.records > 0 || out.dropped_bytes > 0 {
         info!(

@@ -100,47 +100,35 @@ pub struct Segment {
     pub sealed_end: std::sync::atomic::AtomicU64,
     /// Its records, in order, as (header, offset), pads left out: those this process wrote,
     /// or those replay accepted in a segment found at start-up. The spill plans from these
-    /// and reads back only the records it keeps. `None` for a placeholder.
-    written: Option<Mutex<Vec<(RecordHeader, u64)>>>,
+    /// and reads back only the records it keeps.
+    written: Mutex<Vec<(RecordHeader, u64)>>,
 }
 
 impl Segment {
-    /// A placeholder: no record directory.
-    pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64) -> Self {
-        Self { id, slot, file, sealed_end: sealed_end.into(), written: None }
-    }
-
-    /// A segment found at start-up, with the records replay accepted in it (in offset
-    /// order). A damaged record replay dropped (`--recovery-mode tolerate-corruption`) is
-    /// not among them, so the spill never reads it.
-    pub fn replayed(
-        id: u64,
-        slot: String,
-        file: Arc<dyn File>,
-        sealed_end: u64,
-        records: Vec<(RecordHeader, u64)>,
-    ) -> Self {
-        Self { id, slot, file, sealed_end: sealed_end.into(), written: Some(Mutex::new(records)) }
+    /// A sealed segment and the records in it, in offset order: one found at start-up, with
+    /// those replay accepted (a damaged record replay dropped with `--recovery-mode
+    /// tolerate-corruption` is not among them, so the spill never reads it), or the writer's
+    /// start-up placeholder, with none.
+    pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64, records: Vec<(RecordHeader, u64)>) -> Self {
+        Self { id, slot, file, sealed_end: sealed_end.into(), written: Mutex::new(records) }
     }
 
     /// A segment the writer has just opened: it keeps a directory of the records it takes.
     pub fn fresh(id: u64, slot: String, file: Arc<dyn File>) -> Self {
-        Self { id, slot, file, sealed_end: 0.into(), written: Some(Mutex::new(Vec::new())) }
+        Self::new(id, slot, file, 0, Vec::new())
     }
 
     /// Note a record written at `offset` (the writer, in offset order).
     pub fn note_record(&self, header: RecordHeader, offset: u64) {
-        if let Some(w) = &self.written {
-            w.lock().push((header, offset));
-        }
+        self.written.lock().push((header, offset));
     }
 
-    /// The records noted between `from` and `to`, if this segment keeps a directory.
-    pub fn records_noted(&self, from: u64, to: u64) -> Option<Vec<(RecordHeader, u64)>> {
-        let w = self.written.as_ref()?.lock();
+    /// The records between `from` and `to`.
+    pub fn records_noted(&self, from: u64, to: u64) -> Vec<(RecordHeader, u64)> {
+        let w = self.written.lock();
         let start = w.partition_point(|r| r.1 < from);
         let end = w.partition_point(|r| r.1 < to);
-        Some(w[start..end].to_vec())
+        w[start..end].to_vec()
     }
 
     pub fn sealed_end(&self) -> Option<u64> {

@@ -420,7 +420,7 @@ impl Writer {
         free_slots: Vec<(String, Arc<dyn File>)>,
         next_slot: u64,
     ) -> Result<Self, WalError> {
-        let placeholder = Arc::new(Segment::new(prev.0, String::new(), dummy_file(), prev.1));
+        let placeholder = Arc::new(Segment::new(prev.0, String::new(), dummy_file(), prev.1, Vec::new()));
         let mut w = Writer {
             shared,
             fs,
