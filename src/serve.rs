@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use nbd::{BlockDevice, Export, Server, ServerConfig};
+use nbd::{BlockDevice, Export, Server, ServerConfig, Socket};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
@@ -191,7 +191,10 @@ async fn serve(run: Run) -> anyhow::Result<()> {
         warn!("Use it only for scratch volumes and benchmarks.");
         warn!("**********************************************************************");
     }
-    let server = Server::new(exports(&run).await?, ServerConfig::default())?;
+    let server = Server::new(
+        exports(&run).await?,
+        ServerConfig { connection_threads: args.connection_threads, ..ServerConfig::default() },
+    )?;
     for e in server.exports() {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");
     }
@@ -311,9 +314,8 @@ async fn accept_tcp<D: BlockDevice>(l: TcpListener, server: Arc<Server<D>>, trac
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!(%peer, error = %e, "TCP_NODELAY");
                 }
-                let (r, w) = stream.into_split();
                 let server = Arc::clone(&server);
-                tracker.spawn(connection(server, r, w, peer.to_string()));
+                tracker.spawn(connection(server, Socket::Tcp(stream), peer.to_string()));
             }
             Err(e) => accept_error(e).await,
         }
@@ -326,9 +328,8 @@ async fn accept_unix<D: BlockDevice>(l: UnixListener, server: Arc<Server<D>>, tr
         match l.accept().await {
             Ok((stream, _)) => {
                 n += 1;
-                let (r, w) = stream.into_split();
                 let server = Arc::clone(&server);
-                tracker.spawn(connection(server, r, w, format!("unix#{n}")));
+                tracker.spawn(connection(server, Socket::Unix(stream), format!("unix#{n}")));
             }
             Err(e) => accept_error(e).await,
         }
@@ -358,15 +359,10 @@ impl Drop for Counted {
     }
 }
 
-async fn connection<D, R, W>(server: Arc<Server<D>>, r: R, w: W, peer: String)
-where
-    D: BlockDevice,
-    R: nbd::RecvVectored,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn connection<D: BlockDevice>(server: Arc<Server<D>>, socket: Socket, peer: String) {
     let _counted = Counted::accepted();
     debug!(%peer, "connected");
-    match server.serve(r, w).await {
+    match server.serve_socket(socket).await {
         Ok(()) => debug!(%peer, "disconnected"),
         Err(e) => info!(%peer, error = %e, "connection closed"),
     }

@@ -3,7 +3,7 @@
 //! straight into the device's memory with vectored reads.
 
 use std::future::Future;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Read};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
@@ -47,34 +47,72 @@ impl RecvVectored for tokio::io::DuplexStream {}
 
 /// Fill `bufs`, in order, from `r`: first from what its buffer holds, then from the stream.
 pub(crate) async fn receive_into<R: RecvVectored>(r: &mut BufReader<R>, mut bufs: Vec<&mut [u8]>) -> io::Result<()> {
-    // `done` whole buffers are full, and `at` bytes of the next one.
-    let (mut done, mut at) = (0, 0);
-    skip_empty(&bufs, &mut done);
-    let held = r.buffer();
-    let mut copied = 0;
-    while done < bufs.len() && copied < held.len() {
-        let take = (held.len() - copied).min(bufs[done].len() - at);
-        bufs[done][at..at + take].copy_from_slice(&held[copied..copied + take]);
-        copied += take;
-        advance(&bufs, take, &mut done, &mut at);
-        skip_empty(&bufs, &mut done);
-    }
+    let mut at = Position::default();
+    let copied = at.copy_held(r.buffer(), &mut bufs);
     r.consume(copied);
-    while done < bufs.len() {
-        let n = {
-            let (first, rest) = bufs[done..].split_at_mut(1);
-            let mut iov = Vec::with_capacity(rest.len().min(MAX_IOV - 1) + 1);
-            iov.push(IoSliceMut::new(&mut first[0][at..]));
-            iov.extend(rest.iter_mut().take(MAX_IOV - 1).map(|b| IoSliceMut::new(b)));
-            r.get_mut().recv_vectored(&mut iov).await?
-        };
+    while at.done < bufs.len() {
+        let n = r.get_mut().recv_vectored(&mut at.iov(&mut bufs)).await?;
+        at.received(&bufs, n)?;
+    }
+    Ok(())
+}
+
+/// [`receive_into`] for a blocking stream.
+pub(crate) fn receive_into_blocking<R: Read>(
+    r: &mut std::io::BufReader<R>,
+    mut bufs: Vec<&mut [u8]>,
+) -> io::Result<()> {
+    let mut at = Position::default();
+    let copied = at.copy_held(r.buffer(), &mut bufs);
+    std::io::BufRead::consume(r, copied);
+    while at.done < bufs.len() {
+        let n = r.get_mut().read_vectored(&mut at.iov(&mut bufs))?;
+        at.received(&bufs, n)?;
+    }
+    Ok(())
+}
+
+/// How far a payload has been received: `done` whole buffers are full, and `at` bytes of
+/// the next one.
+#[derive(Default)]
+struct Position {
+    done: usize,
+    at: usize,
+}
+
+impl Position {
+    /// Copy what the connection's buffer already holds; returns the bytes taken from it.
+    fn copy_held(&mut self, held: &[u8], bufs: &mut [&mut [u8]]) -> usize {
+        skip_empty(bufs, &mut self.done);
+        let mut copied = 0;
+        while self.done < bufs.len() && copied < held.len() {
+            let take = (held.len() - copied).min(bufs[self.done].len() - self.at);
+            bufs[self.done][self.at..self.at + take].copy_from_slice(&held[copied..copied + take]);
+            copied += take;
+            advance(bufs, take, &mut self.done, &mut self.at);
+            skip_empty(bufs, &mut self.done);
+        }
+        copied
+    }
+
+    /// The room left, as at most [`MAX_IOV`] buffers for one vectored read.
+    fn iov<'a>(&self, bufs: &'a mut [&mut [u8]]) -> Vec<IoSliceMut<'a>> {
+        let (first, rest) = bufs[self.done..].split_at_mut(1);
+        let mut iov = Vec::with_capacity(rest.len().min(MAX_IOV - 1) + 1);
+        iov.push(IoSliceMut::new(&mut first[0][self.at..]));
+        iov.extend(rest.iter_mut().take(MAX_IOV - 1).map(|b| IoSliceMut::new(b)));
+        iov
+    }
+
+    /// Count `n` bytes a read placed; a read of none is the stream's early end.
+    fn received(&mut self, bufs: &[&mut [u8]], n: usize) -> io::Result<()> {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        advance(&bufs, n, &mut done, &mut at);
-        skip_empty(&bufs, &mut done);
+        advance(bufs, n, &mut self.done, &mut self.at);
+        skip_empty(bufs, &mut self.done);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Count `n` more bytes received into `bufs` from position (`done`, `at`).

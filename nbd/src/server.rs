@@ -8,10 +8,11 @@ use tokio::sync::watch;
 
 use crate::device::BlockDevice;
 use crate::export::Export;
-use crate::handshake::{negotiate, Outcome};
+use crate::handshake::{negotiate, Negotiated, Outcome};
 use crate::pool::BufferPool;
 use crate::receive::RecvVectored;
 use crate::request::BadMagic;
+use crate::socket::{Socket, Stream};
 
 /// Limits and defaults of the protocol server.
 #[derive(Debug, Clone)]
@@ -30,6 +31,10 @@ pub struct ServerConfig {
     pub default_export: String,
     /// Idle payload buffers kept for reuse, shared by all connections. Default: 64 MiB.
     pub pool_retained_bytes: usize,
+    /// OS threads that serve one connection from [`Server::serve_socket`], taking turns
+    /// at its socket; 0 serves it on tokio tasks instead, as [`Server::serve`] does.
+    /// Default: 4.
+    pub connection_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +46,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(30),
             default_export: "default".to_owned(),
             pool_retained_bytes: 64 << 20,
+            connection_threads: 4,
         }
     }
 }
@@ -147,23 +153,83 @@ impl<D: BlockDevice> Server<D> {
         self.shutdown.subscribe()
     }
 
-    /// Serve one connection from the greeting to its close.
-    pub async fn serve<R, W>(self: &Arc<Self>, reader: R, mut writer: W) -> Result<(), ConnError>
+    /// Serve one connection from the greeting to its close, on tokio tasks.
+    pub async fn serve<R, W>(self: &Arc<Self>, reader: R, writer: W) -> Result<(), ConnError>
     where
         R: RecvVectored,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut reader = BufReader::with_capacity(crate::transmission::READ_BUFFER, reader);
+        match self.negotiate(reader, writer).await? {
+            None => Ok(()),
+            Some((n, reader, writer)) => crate::transmission::run(Arc::clone(self), n, reader, writer).await,
+        }
+    }
+
+    /// Serve an accepted socket from the greeting to its close: negotiation on tokio, then
+    /// transmission on `connection_threads` threads of its own (see
+    /// [`ServerConfig::connection_threads`]).
+    pub async fn serve_socket(self: &Arc<Self>, socket: Socket) -> Result<(), ConnError> {
+        let threads = self.config.connection_threads;
+        let negotiated = match socket {
+            Socket::Tcp(s) if threads == 0 => {
+                let (r, w) = s.into_split();
+                return self.serve(r, w).await;
+            }
+            Socket::Unix(s) if threads == 0 => {
+                let (r, w) = s.into_split();
+                return self.serve(r, w).await;
+            }
+            Socket::Tcp(s) => {
+                let (r, w) = s.into_split();
+                match self.negotiate(r, w).await? {
+                    None => None,
+                    Some((n, r, w)) => {
+                        let held = r.buffer().to_vec();
+                        let s = r.into_inner().reunite(w).map_err(|_| ConnError::Protocol("socket halves differ"))?;
+                        Some((n, held, Stream::Tcp(s.into_std()?)))
+                    }
+                }
+            }
+            Socket::Unix(s) => {
+                let (r, w) = s.into_split();
+                match self.negotiate(r, w).await? {
+                    None => None,
+                    Some((n, r, w)) => {
+                        let held = r.buffer().to_vec();
+                        let s = r.into_inner().reunite(w).map_err(|_| ConnError::Protocol("socket halves differ"))?;
+                        Some((n, held, Stream::Unix(s.into_std()?)))
+                    }
+                }
+            }
+        };
+        match negotiated {
+            None => Ok(()),
+            Some((n, held, stream)) => crate::turns::run(Arc::clone(self), n, held, stream.blocking()?, threads).await,
+        }
+    }
+
+    /// Negotiate until transmission; `None` if the client closed or the server is stopping.
+    #[allow(clippy::type_complexity)]
+    async fn negotiate<R, W>(
+        self: &Arc<Self>,
+        reader: R,
+        mut writer: W,
+    ) -> Result<Option<(Negotiated, BufReader<R>, W)>, ConnError>
+    where
+        R: RecvVectored,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut reader = BufReader::with_capacity(crate::work::READ_BUFFER, reader);
         let mut stop = self.shutdown_signal();
         let outcome = tokio::select! {
             r = tokio::time::timeout(self.config.handshake_timeout, negotiate(self, &mut reader, &mut writer)) => {
                 r.map_err(|_| ConnError::HandshakeTimeout)??
             }
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stop.wait_for(|s| *s) => return Ok(None),
         };
-        match outcome {
-            Outcome::Closed => Ok(()),
-            Outcome::Transmit(n) => crate::transmission::run(Arc::clone(self), n, reader, writer).await,
-        }
+        Ok(match outcome {
+            Outcome::Closed => None,
+            Outcome::Transmit(n) => Some((n, reader, writer)),
+        })
     }
 }

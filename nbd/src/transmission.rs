@@ -12,28 +12,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::consts::{META_BASE_ALLOCATION_ID, REQUEST_HEADER_LEN};
-use crate::device::{BlockDevice, DeviceError, ReadData, WriteBuffer, ZeroFlags};
-use crate::errno::Errno;
+use crate::consts::REQUEST_HEADER_LEN;
+use crate::device::BlockDevice;
 use crate::handshake::Negotiated;
-use crate::pool::{BufferPool, PooledBuf};
 use crate::receive::{receive_into, RecvVectored};
-use crate::reply;
 use crate::request::{decode_header, validate, Command, CommandKind, Limits};
 use crate::server::{ConnError, Server};
+use crate::work::{self, Frame, Job, WriteData, LARGE_PAYLOAD, MAX_BATCH, REQUEST_OVERHEAD};
 
-/// Replies gathered into one vectored write at most.
-const MAX_BATCH: usize = 64;
-/// Budget charged per request on top of its payload, which bounds the number in flight
-/// (refused requests included: their error replies wait in memory too).
-const REQUEST_OVERHEAD: u32 = 1024;
-/// The connection's receive buffer.
-pub(crate) const READ_BUFFER: usize = 128 << 10;
-/// Requests with a payload this large or larger always run as their own task.
-const INLINE_MAX: u32 = 256 << 10;
 /// Once the reader has stopped, how long unsent replies may take to go out: shorter when
 /// the server is shutting down, so a client that stops reading cannot hold it up.
 const CLOSE_GRACE: Duration = Duration::from_secs(60);
@@ -61,65 +50,6 @@ macro_rules! or_stop {
             },
         }
     }};
-}
-
-/// The bytes of one reply, ready to go.
-struct Frame {
-    head: Head,
-    body: Option<ReadData>,
-    /// Released once the reply is written, returning its bytes to the connection's budget.
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-enum Head {
-    Simple([u8; 16]),
-    Data([u8; 28]),
-    Bytes(Vec<u8>),
-}
-
-impl Head {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Head::Simple(b) => b,
-            Head::Data(b) => b,
-            Head::Bytes(b) => b,
-        }
-    }
-}
-
-impl Frame {
-    fn new(head: Head) -> Self {
-        Frame { head, body: None, _permit: None }
-    }
-
-    fn ok(cookie: u64) -> Self {
-        Frame::new(Head::Simple(reply::simple(0, cookie)))
-    }
-
-    fn error(cookie: u64, structured: bool, errno: Errno, message: &str) -> Self {
-        if structured {
-            Frame::new(Head::Bytes(reply::error_chunk(cookie, errno, message)))
-        } else {
-            Frame::new(Head::Simple(reply::simple(errno.code(), cookie)))
-        }
-    }
-}
-
-/// Work for one validated request, with its payload.
-enum Job {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, data: WriteData, fua: bool },
-    Flush,
-    Trim { offset: u64, len: u32, fua: bool },
-    Cache { offset: u64, len: u32 },
-    Zero { offset: u64, len: u32, flags: ZeroFlags },
-    Status { offset: u64, len: u32, req_one: bool },
-}
-
-/// A WRITE's payload: in a server buffer, or in the device's own memory.
-enum WriteData {
-    Pooled(PooledBuf),
-    Device(Box<dyn WriteBuffer>),
 }
 
 /// `r` is the connection's buffered reader, from the handshake on: pipelined requests
@@ -177,7 +107,7 @@ where
                     break Ok(());
                 };
                 let mut frame = Frame::error(h.cookie, limits.structured, e.errno(), &e.to_string());
-                frame._permit = Some(permit);
+                frame.permit = Some(permit);
                 let _ = tx.send(frame);
                 continue;
             }
@@ -209,19 +139,15 @@ where
                     Job::Write { offset, data: WriteData::Pooled(data), fua }
                 }
             },
-            Command::Read { offset, len } => Job::Read { offset, len },
-            Command::Flush => Job::Flush,
-            Command::Trim { offset, len, fua } => Job::Trim { offset, len, fua },
-            Command::Cache { offset, len } => Job::Cache { offset, len },
-            Command::WriteZeroes { offset, len, flags } => Job::Zero { offset, len, flags },
-            Command::BlockStatus { offset, len, req_one } => Job::Status { offset, len, req_one },
-            Command::Disc => break Ok(()),
+            other => match Job::without_payload(other) {
+                Some(job) => job,
+                None => break Ok(()),
+            },
         };
         let (device, tx, pool) = (Arc::clone(&device), tx.clone(), Arc::clone(&pool));
         let structured = limits.structured;
         let mut work = Box::pin(async move {
-            let mut frame = execute(&*device, job, h.cookie, structured, &pool).await;
-            frame._permit = Some(permit);
+            let frame = work::run(device, pool, job, h.cookie, structured, permit).await;
             // The writer is gone only if the connection is closing.
             let _ = tx.send(frame);
         });
@@ -230,7 +156,7 @@ where
         // that must wait (a FLUSH, a strict-mode write) becomes a task of its own, and the
         // task polls it again, so nothing registered with the no-op waker is missed. Large
         // payloads always get a task, so their copies run in parallel with the reader.
-        if payload >= INLINE_MAX || work.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+        if payload >= LARGE_PAYLOAD || work.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
             tokio::spawn(work);
         }
     };
@@ -259,44 +185,6 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<(
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
-}
-
-async fn execute<D: BlockDevice>(dev: &D, job: Job, cookie: u64, structured: bool, pool: &Arc<BufferPool>) -> Frame {
-    let done: Result<Frame, D::Error> = match job {
-        Job::Read { offset, len } => match dev.read_data(offset, pool.get(len as usize)).await {
-            Ok(buf) => {
-                let head = if structured {
-                    Head::Data(reply::offset_data_header(cookie, offset, len))
-                } else {
-                    Head::Simple(reply::simple(0, cookie))
-                };
-                Ok(Frame { head, body: Some(buf), _permit: None })
-            }
-            Err(e) => Err(e),
-        },
-        Job::Write { offset, data, fua } => match data {
-            WriteData::Pooled(data) => dev.write(offset, &data, fua).await,
-            WriteData::Device(buf) => dev.write_received(offset, buf, fua).await,
-        }
-        .map(|()| Frame::ok(cookie)),
-        Job::Flush => dev.flush().await.map(|()| Frame::ok(cookie)),
-        Job::Trim { offset, len, fua } => dev.trim(offset, u64::from(len), fua).await.map(|()| Frame::ok(cookie)),
-        Job::Cache { offset, len } => dev.cache(offset, u64::from(len)).await.map(|()| Frame::ok(cookie)),
-        Job::Zero { flags, .. } if flags.fast && !dev.fast_zero() => {
-            return Frame::error(cookie, structured, Errno::NotSup, "zeroing would not be faster than writing");
-        }
-        Job::Zero { offset, len, flags } => {
-            dev.write_zeroes(offset, u64::from(len), flags).await.map(|()| Frame::ok(cookie))
-        }
-        Job::Status { offset, len, req_one } => dev.block_status(offset, u64::from(len)).await.map(|ex| {
-            let extents = reply::clamp_extents(&ex, len, req_one);
-            Frame::new(Head::Bytes(reply::block_status_chunk(cookie, META_BASE_ALLOCATION_ID, &extents)))
-        }),
-    };
-    done.unwrap_or_else(|e| {
-        warn!(cookie, error = %e, "request failed");
-        Frame::error(cookie, structured, e.errno(), &e.to_string())
-    })
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -330,15 +218,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-    for f in frames {
-        slices.push(IoSlice::new(f.head.as_slice()));
-        match &f.body {
-            Some(ReadData::Copied(b)) => slices.push(IoSlice::new(b)),
-            Some(ReadData::Lent(b)) => b.slices(&mut slices),
-            None => {}
-        }
-    }
+    let mut slices = work::slices(frames);
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         let n = w.write_vectored(rest).await?;

@@ -1,0 +1,85 @@
+//! A connection's socket, in the form the server takes it (tokio's, for negotiation) and in
+//! the blocking form its transmission threads use.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
+
+/// An accepted connection, handed to [`crate::Server::serve_socket`].
+#[derive(Debug)]
+pub enum Socket {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// The socket in blocking mode. Each holder (the reading side, the writing side) has its
+/// own descriptor; [`Stream::shutdown`] on any of them acts on the one socket.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    pub(crate) fn blocking(self) -> io::Result<Self> {
+        match &self {
+            Stream::Tcp(s) => s.set_nonblocking(false)?,
+            Stream::Unix(s) => s.set_nonblocking(false)?,
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Shut one or both directions down, waking a thread blocked on them. A socket the
+    /// peer already closed is no error.
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        let r = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, ?how, "socket shutdown");
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_vectored(bufs),
+            Stream::Unix(s) => s.read_vectored(bufs),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

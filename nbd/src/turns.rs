@@ -1,0 +1,449 @@
+//! The transmission phase on OS threads that take turns at the socket, the way nbdkit
+//! serves a connection.
+//!
+//! Each of a connection's threads in turn holds the socket's read side. It reads the next
+//! request, waiting for it, and every further one whose header the receive buffer already
+//! holds, up to a batch, then runs them and writes their replies. A request that has to
+//! wait (a FLUSH, a strict-mode write) becomes a tokio task instead, and its reply goes to
+//! the connection's reply thread.
+//!
+//! When the thread lets go of the read side depends on the load:
+//! - Requests arriving back to back (the wait for one was under [`IDLE_WAIT`]): it keeps
+//!   its turn and reads on after replying, as a single reader would: no hand-over between
+//!   threads per request, and replies in batches.
+//! - A client idle between requests (queue depth 1), or a large payload: it lets go before
+//!   it runs what it read, so the next thread is already waiting in `recv` while this one
+//!   replies. The kernel then keeps the exchange on the client's CPU: on a 2-vCPU guest a
+//!   4 KiB write at queue depth 1 took 6 us at the median, against 50 us when one thread
+//!   (or one tokio task) read every request and was woken on the other CPU each time
+//!   (`bench/README.md`). For large payloads the next one is received while this one is
+//!   copied.
+//!
+//! Payload in flight is bounded per connection by a semaphore counted in bytes: a thread
+//! that finds it spent waits, holding the read side, so a flooding client waits on TCP. It
+//! never waits while holding requests it has read, whose replies may be what frees it.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Chain, Cursor, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tracing::{debug, warn};
+
+use crate::consts::REQUEST_HEADER_LEN;
+use crate::device::BlockDevice;
+use crate::errno::RequestError;
+use crate::handshake::Negotiated;
+use crate::pool::BufferPool;
+use crate::receive::receive_into_blocking;
+use crate::request::{decode_header, validate, Command, CommandKind, Limits, RequestHeader};
+use crate::server::{ConnError, Server};
+use crate::socket::Stream;
+use crate::work::{self, Frame, Job, WriteData, LARGE_PAYLOAD, MAX_BATCH, READ_BUFFER, REQUEST_OVERHEAD};
+
+/// Once the readers have stopped, how long unsent replies may take to go out: shorter when
+/// the server is shutting down, so a client that stops reading cannot hold it up.
+const CLOSE_GRACE: Duration = Duration::from_secs(60);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A wait for the next request this long or longer means the client is idle between
+/// requests (low queue depth): the thread hands the read side to the next one before it
+/// runs what it read. At 200k requests/s (4 KiB at queue depth 32 on the development VM)
+/// they arrive 5 us apart.
+const IDLE_WAIT: Duration = Duration::from_micros(20);
+
+/// The read side: the bytes negotiation had already buffered, then the socket.
+type Input = BufReader<Chain<Cursor<Vec<u8>>, Stream>>;
+
+/// A request read in a turn, to run once the turn is over.
+struct Taken {
+    /// A payload of [`LARGE_PAYLOAD`] or more.
+    large: bool,
+    job: Job,
+    cookie: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+struct Conn<D> {
+    device: Arc<D>,
+    pool: Arc<BufferPool>,
+    limits: Limits,
+    budget: Arc<Semaphore>,
+    rt: Handle,
+    input: Mutex<Input>,
+    output: Mutex<Stream>,
+    /// Replies waiting for the thread that holds `output`.
+    queued: Mutex<Vec<Frame>>,
+    /// Kept to shut the socket down.
+    socket: Stream,
+    /// No more requests are read: the client left or sent DISC, the server is stopping,
+    /// or the connection failed.
+    closing: AtomicBool,
+    /// A reply could not be written; later replies are dropped.
+    dead: AtomicBool,
+    /// The first error that ends the connection.
+    error: Mutex<Option<ConnError>>,
+    /// Threads still taking turns; the last one out notifies `readers_done`.
+    readers: AtomicUsize,
+    readers_done: Notify,
+}
+
+/// Serve a negotiated connection on `threads` threads; `held` is what negotiation's reader
+/// had already buffered past the last option.
+pub(crate) async fn run<D: BlockDevice>(
+    server: Arc<Server<D>>,
+    neg: Negotiated,
+    held: Vec<u8>,
+    stream: Stream,
+    threads: usize,
+) -> Result<(), ConnError> {
+    let export = &server.exports()[neg.export];
+    let limits = Limits {
+        size: export.device.size(),
+        read_only: export.read_only,
+        structured: neg.structured,
+        meta: neg.meta,
+        max_block: server.config().max_block,
+    };
+    debug!(export = %export.name, ?limits, threads, "transmission");
+    let conn = Arc::new(Conn {
+        device: Arc::clone(&export.device),
+        pool: Arc::clone(server.pool()),
+        limits,
+        budget: Arc::new(Semaphore::new(server.config().inflight_bytes)),
+        rt: Handle::current(),
+        input: Mutex::new(BufReader::with_capacity(READ_BUFFER, Cursor::new(held).chain(stream.try_clone()?))),
+        output: Mutex::new(stream.try_clone()?),
+        queued: Mutex::new(Vec::new()),
+        socket: stream,
+        closing: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
+        error: Mutex::new(None),
+        readers: AtomicUsize::new(threads),
+        readers_done: Notify::new(),
+    });
+
+    let (tx, rx) = mpsc::channel::<Frame>();
+    let (done_tx, mut done_rx) = oneshot::channel::<()>();
+    let replier = Arc::clone(&conn);
+    std::thread::Builder::new().name("nbd-reply".into()).spawn(move || {
+        send_replies(&replier, rx);
+        let _ = done_tx.send(());
+    })?;
+    for _ in 0..threads {
+        let (c, tx) = (Arc::clone(&conn), tx.clone());
+        if let Err(e) = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || take_turns(&c, tx)) {
+            // The threads already started serve the connection; with none, it closes.
+            warn!(error = %e, "starting a connection thread");
+            conn.reader_left();
+        }
+    }
+    drop(tx);
+
+    let mut stop = server.shutdown_signal();
+    tokio::select! {
+        _ = conn.readers_done.notified() => {}
+        _ = stop.wait_for(|s| *s) => {
+            conn.closing.store(true, Ordering::Release);
+            conn.socket.shutdown(Shutdown::Read);
+        }
+    }
+    // Requests already read finish and their replies are written before the close, unless
+    // the client will not take them.
+    let grace = if *stop.borrow() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
+    let timed_out = tokio::time::timeout(grace, &mut done_rx).await.is_err();
+    if timed_out {
+        conn.socket.shutdown(Shutdown::Both);
+        let _ = done_rx.await;
+    }
+    let error = conn.error.lock().take();
+    match error {
+        Some(e) => {
+            warn!(error = %e, "closing connection");
+            Err(e)
+        }
+        None if timed_out => Err(ConnError::Protocol("client stopped reading replies; connection dropped")),
+        None => Ok(()),
+    }
+}
+
+/// One thread's life: read in turn, run what it read, reply, until the connection closes.
+fn take_turns<D: BlockDevice>(conn: &Conn<D>, tx: mpsc::Sender<Frame>) {
+    let _rt = conn.rt.enter();
+    // Counted out however the thread ends, a panicking device included, so the connection
+    // still closes.
+    let _leaving = Leaving(conn);
+    let mut taken: Vec<Taken> = Vec::with_capacity(MAX_BATCH);
+    let mut frames: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    'turns: while !conn.closing.load(Ordering::Acquire) {
+        let mut input = conn.input.lock();
+        loop {
+            if conn.closing.load(Ordering::Acquire) {
+                break 'turns;
+            }
+            let waited = match conn.wait_for_request(&mut input) {
+                Ok(w) => w,
+                Err(e) => {
+                    conn.fail(e.into());
+                    break 'turns;
+                }
+            };
+            match conn.read_turn(&mut input, &mut taken, &mut frames) {
+                Ok(true) => {}
+                Ok(false) => conn.closing.store(true, Ordering::Release),
+                Err(e) => conn.fail(e),
+            }
+            // While requests come faster than IDLE_WAIT apart, the turn is kept: one thread
+            // reading, running and replying in batches costs less than handing the socket
+            // over. Large payloads are let go, so the next one is received while this one
+            // is copied.
+            let busy = waited < IDLE_WAIT && !taken.iter().any(|t| t.large);
+            if !busy {
+                drop(input);
+                conn.run(&mut taken, &mut frames, &tx);
+                continue 'turns;
+            }
+            conn.run(&mut taken, &mut frames, &tx);
+        }
+    }
+    drop(tx);
+}
+
+struct Leaving<'a, D>(&'a Conn<D>);
+
+impl<D> Drop for Leaving<'_, D> {
+    fn drop(&mut self) {
+        self.0.reader_left();
+    }
+}
+
+/// The connection's reply thread: writes the replies of requests that ran as tasks, in
+/// batches, until every sender (the turn-taking threads and the tasks) is gone.
+fn send_replies<D>(conn: &Conn<D>, rx: mpsc::Receiver<Frame>) {
+    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(f) = rx.recv() {
+        batch.push(f);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        conn.reply(&mut batch);
+    }
+}
+
+/// What a request costs of the budget: its payload, if it is a READ or WRITE that will run,
+/// and the fixed overhead.
+fn need(checked: &Result<Command, RequestError>) -> u32 {
+    REQUEST_OVERHEAD
+        + match checked {
+            Ok(Command::Read { len, .. } | Command::Write { len, .. }) => *len,
+            _ => 0,
+        }
+}
+
+impl<D: BlockDevice> Conn<D> {
+    /// Wait until the socket has bytes for the next request, or the stream ends; how long
+    /// the wait was.
+    fn wait_for_request(&self, input: &mut Input) -> std::io::Result<Duration> {
+        if !input.buffer().is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let start = Instant::now();
+        input.fill_buf()?;
+        Ok(start.elapsed())
+    }
+
+    /// Run the requests of a turn and send the replies of those that are done.
+    fn run(&self, taken: &mut Vec<Taken>, frames: &mut Vec<Frame>, tx: &mpsc::Sender<Frame>) {
+        for t in taken.drain(..) {
+            let structured = self.limits.structured;
+            let (device, pool) = (Arc::clone(&self.device), Arc::clone(&self.pool));
+            let mut work = Box::pin(work::run(device, pool, t.job, t.cookie, structured, t.permit));
+            // A request that must wait becomes a task, which polls it again, so nothing
+            // registered with the no-op waker is missed.
+            match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(frame) => frames.push(frame),
+                Poll::Pending => {
+                    let tx = tx.clone();
+                    self.rt.spawn(async move {
+                        // The reply thread is gone only if the connection is closing.
+                        let _ = tx.send(work.await);
+                    });
+                }
+            }
+        }
+        if !frames.is_empty() {
+            self.reply(frames);
+        }
+    }
+
+    /// Read requests while it is this thread's turn: the next one, waiting for it and its
+    /// budget, then every further one whose header is already buffered and whose budget is
+    /// free, up to a batch. It never waits for budget while holding requests: their replies
+    /// may be what frees it. `Ok(false)` once the client is done.
+    fn read_turn(&self, input: &mut Input, taken: &mut Vec<Taken>, frames: &mut Vec<Frame>) -> Result<bool, ConnError> {
+        let mut hdr = [0u8; REQUEST_HEADER_LEN];
+        match input.read_exact(&mut hdr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let mut h = decode_header(&hdr)?;
+        let mut checked = validate(&h, &self.limits);
+        let mut permit = self.acquire(need(&checked))?;
+        loop {
+            if !self.take(input, &h, checked, permit, taken, frames)? {
+                return Ok(false);
+            }
+            if taken.len() + frames.len() >= MAX_BATCH {
+                return Ok(true);
+            }
+            let Some(next) = input.buffer().get(..REQUEST_HEADER_LEN) else {
+                return Ok(true);
+            };
+            hdr.copy_from_slice(next);
+            h = decode_header(&hdr)?;
+            checked = validate(&h, &self.limits);
+            match Arc::clone(&self.budget).try_acquire_many_owned(need(&checked)) {
+                Ok(p) => permit = p,
+                // Left in the buffer for the next turn, which may wait for it.
+                Err(_) => return Ok(true),
+            }
+            input.consume(REQUEST_HEADER_LEN);
+        }
+    }
+
+    /// Take one request whose header was read: receive its payload and queue its job, or
+    /// queue the error reply of a refused one. `Ok(false)` for DISC.
+    fn take(
+        &self,
+        input: &mut Input,
+        h: &RequestHeader,
+        checked: Result<Command, RequestError>,
+        permit: OwnedSemaphorePermit,
+        taken: &mut Vec<Taken>,
+        frames: &mut Vec<Frame>,
+    ) -> Result<bool, ConnError> {
+        let cmd = match checked {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                debug!(cookie = h.cookie, error = %e, "request refused");
+                if h.kind == CommandKind::Write {
+                    // The payload follows whatever we think of it; skip it without buffering.
+                    let n = std::io::copy(&mut input.by_ref().take(u64::from(h.len)), &mut std::io::sink())?;
+                    if n < u64::from(h.len) {
+                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    }
+                }
+                let mut frame = Frame::error(h.cookie, self.limits.structured, e.errno(), &e.to_string());
+                frame.permit = Some(permit);
+                frames.push(frame);
+                return Ok(true);
+            }
+        };
+        let cmd_len = match cmd {
+            Command::Read { len, .. } | Command::Write { len, .. } => Some(len),
+            _ => None,
+        };
+        let job = match cmd {
+            // A payload larger than the buffer is read straight into its own: the device's
+            // memory if it lends some, else a pooled buffer.
+            Command::Write { offset, len, fua } => match self.device.write_buffer(offset, len) {
+                Some(mut buf) => {
+                    receive_into_blocking(input, buf.slices_mut())?;
+                    Job::Write { offset, data: WriteData::Device(buf), fua }
+                }
+                None => {
+                    let mut data = self.pool.get(len as usize);
+                    input.read_exact(&mut data)?;
+                    Job::Write { offset, data: WriteData::Pooled(data), fua }
+                }
+            },
+            other => match Job::without_payload(other) {
+                Some(job) => job,
+                None => return Ok(false),
+            },
+        };
+        let large = matches!(cmd_len, Some(n) if n >= LARGE_PAYLOAD);
+        taken.push(Taken { large, job, cookie: h.cookie, permit });
+        Ok(true)
+    }
+
+    /// `n` bytes of budget, waiting for replies to free them if need be.
+    fn acquire(&self, n: u32) -> Result<OwnedSemaphorePermit, ConnError> {
+        let budget = Arc::clone(&self.budget);
+        match budget.try_acquire_many_owned(n) {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::NoPermits) => {
+                let budget = Arc::clone(&self.budget);
+                self.rt.block_on(budget.acquire_many_owned(n)).map_err(|_| ConnError::Protocol("budget closed"))
+            }
+            Err(TryAcquireError::Closed) => Err(ConnError::Protocol("budget closed")),
+        }
+    }
+}
+
+impl<D> Conn<D> {
+    /// Send `frames` (taking them): queue them, and write everything queued unless another
+    /// thread is writing, which then writes them too before it lets go. Under load replies
+    /// go out in batches; alone, a thread writes its own reply at once.
+    fn reply(&self, frames: &mut Vec<Frame>) {
+        self.queued.lock().append(frames);
+        while let Some(mut out) = self.output.try_lock() {
+            let batch = std::mem::take(&mut *self.queued.lock());
+            if batch.is_empty() {
+                return;
+            }
+            if !self.dead.load(Ordering::Acquire) {
+                self.write(&mut out, &batch);
+            }
+            drop(out);
+            // Replies queued while this thread wrote, by a thread that found it busy.
+            if self.queued.lock().is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, out: &mut Stream, batch: &[Frame]) {
+        let mut slices = work::slices(batch);
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match out.write_vectored(rest) {
+                Ok(0) => return self.died(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return self.died(e),
+            }
+        }
+    }
+
+    /// A reply could not be written: the connection is over.
+    fn died(&self, e: std::io::Error) {
+        self.dead.store(true, Ordering::Release);
+        self.fail(e.into());
+        // Wake a thread waiting for a request that will never be answered.
+        self.socket.shutdown(Shutdown::Both);
+    }
+
+    fn fail(&self, e: ConnError) {
+        self.closing.store(true, Ordering::Release);
+        self.error.lock().get_or_insert(e);
+    }
+
+    fn reader_left(&self) {
+        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.readers_done.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! The thread-served transmission loop against a blocking client of this file's own, over
+//! real Unix sockets: pipelining, budget waits, requests that wait in the device, refused
+//! requests, and the ways a connection ends.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::consts::*;
+use crate::device::{BlockDevice, Extent, ZeroFlags};
+use crate::export::Export;
+use crate::socket::Socket;
+use crate::testing::{Injected, MemDevice};
+use crate::{Server, ServerConfig};
+
+const SIZE: usize = 16 << 20;
+
+/// [`MemDevice`], except that FLUSH and FUA writes wait a little first, as a sync would, so
+/// their replies come from a task.
+#[derive(Debug)]
+struct Waiting(MemDevice);
+
+impl BlockDevice for Waiting {
+    type Error = Injected;
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Injected> {
+        self.0.read(offset, buf).await
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Injected> {
+        self.0.write(offset, data, fua).await?;
+        if fua {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), Injected> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
+    }
+
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), Injected> {
+        self.0.trim(offset, len, fua).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), Injected> {
+        self.0.write_zeroes(offset, len, flags).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, Injected> {
+        self.0.block_status(offset, len).await
+    }
+}
+
+fn server(threads: usize, config: ServerConfig) -> Arc<Server<Waiting>> {
+    let export = Export {
+        name: "default".into(),
+        description: String::new(),
+        device: Arc::new(Waiting(MemDevice::new(SIZE))),
+        read_only: false,
+    };
+    Server::new(vec![export], ServerConfig { connection_threads: threads, ..config }).expect("config")
+}
+
+/// Serve one end of a socket pair on the runtime; the client gets the other, negotiated.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    server: &Arc<Server<Waiting>>,
+) -> (Client, tokio::task::JoinHandle<Result<(), crate::ConnError>>) {
+    let (a, b) = UnixStream::pair().expect("socket pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    let s = Arc::clone(server);
+    let served = rt.spawn(async move {
+        let a = tokio::net::UnixStream::from_std(a).expect("register");
+        s.serve_socket(Socket::Unix(a)).await
+    });
+    (Client::negotiate(b), served)
+}
+
+/// A client that speaks just enough: NBD_OPT_EXPORT_NAME, simple replies.
+struct Client {
+    s: UnixStream,
+}
+
+impl Client {
+    fn negotiate(mut s: UnixStream) -> Client {
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).expect("greeting");
+        assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
+        s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes()).expect("flags");
+        let mut opt = Vec::new();
+        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        opt.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+        opt.extend_from_slice(&0u32.to_be_bytes());
+        s.write_all(&opt).expect("export name");
+        let mut export = [0u8; 10];
+        s.read_exact(&mut export).expect("export size and flags");
+        assert_eq!(u64::from_be_bytes(export[..8].try_into().expect("8")), SIZE as u64);
+        Client { s }
+    }
+
+    fn request(&mut self, cmd: u16, flags: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut h = Vec::with_capacity(28 + payload.len());
+        h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&cmd.to_be_bytes());
+        h.extend_from_slice(&cookie.to_be_bytes());
+        h.extend_from_slice(&offset.to_be_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(payload);
+        self.s.write_all(&h).expect("request");
+    }
+
+    /// The next simple reply: (error, cookie).
+    fn reply(&mut self) -> (u32, u64) {
+        let mut r = [0u8; 16];
+        self.s.read_exact(&mut r).expect("reply");
+        assert_eq!(u32::from_be_bytes(r[..4].try_into().expect("4")), SIMPLE_REPLY_MAGIC);
+        (u32::from_be_bytes(r[4..8].try_into().expect("4")), u64::from_be_bytes(r[8..].try_into().expect("8")))
+    }
+
+    fn read(&mut self, cookie: u64, offset: u64, len: usize) -> Vec<u8> {
+        self.request(CMD_READ, 0, cookie, offset, len as u32, &[]);
+        assert_eq!(self.reply(), (0, cookie), "read at {offset}");
+        let mut data = vec![0u8; len];
+        self.s.read_exact(&mut data).expect("read data");
+        data
+    }
+
+    fn at_end(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn block(i: u64) -> Vec<u8> {
+    (0..4096u64).map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8).collect()
+}
+
+/// Runs the client side on a thread with a bound, so a hang fails the test instead.
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(120)).expect("the client finished within 120 s")
+}
+
+#[test]
+fn pipelined_requests_on_several_threads_are_each_answered_once_and_store_their_data() {
+    let rt = runtime();
+    // 0: the task-based loop, for comparison; the same client must see the same server.
+    for threads in [0, 1, 2, 5] {
+        let server = server(threads, ServerConfig::default());
+        let (client, served) = connect(&rt, &server);
+        let mut client = bounded(move || {
+            let mut sender = Client { s: client.s.try_clone().expect("clone") };
+            let mut receiver = client;
+            // 1000 writes of distinct blocks, FUA on every seventh (answered from a task),
+            // and FLUSHes among them, all sent before any reply is read.
+            let n = 1000u64;
+            let send = std::thread::spawn(move || {
+                for i in 0..n {
+                    let flags = if i % 7 == 0 { CMD_FLAG_FUA } else { 0 };
+                    sender.request(CMD_WRITE, flags, i, i * 4096, 4096, &block(i));
+                    if i % 100 == 99 {
+                        sender.request(CMD_FLUSH, 0, 1_000_000 + i, 0, 0, &[]);
+                    }
+                }
+            });
+            let mut seen = vec![0u32; n as usize];
+            let mut flushes = 0;
+            for _ in 0..n + n / 100 {
+                let (err, cookie) = receiver.reply();
+                assert_eq!(err, 0, "request {cookie}");
+                if cookie >= 1_000_000 {
+                    flushes += 1;
+                } else {
+                    seen[cookie as usize] += 1;
+                }
+            }
+            send.join().expect("sender");
+            assert!(seen.iter().all(|&c| c == 1), "every write answered exactly once");
+            assert_eq!(flushes, n / 100);
+            for i in (0..n).step_by(37) {
+                assert_eq!(receiver.read(5_000_000 + i, i * 4096, 4096), block(i), "block {i}");
+            }
+            receiver.request(CMD_DISC, 0, 9, 0, 0, &[]);
+            receiver
+        });
+        assert!(client.at_end(), "the server closes after DISC");
+        rt.block_on(served).expect("join").expect("connection ends cleanly");
+    }
+}
+
+#[test]
+fn a_client_past_its_budget_waits_and_loses_nothing() {
+    let rt = runtime();
+    let config = ServerConfig { max_block: 1 << 20, inflight_bytes: (1 << 20) + 8192, ..ServerConfig::default() };
+    let server = server(2, config);
+    let (mut client, served) = connect(&rt, &server);
+    bounded(move || {
+        // Sixteen 1 MiB FUA writes (each takes 2 ms in the device) sent back to back: the
+        // budget holds one at a time, so the server must wait for replies to go out before
+        // it reads on.
+        let mut sender = Client { s: client.s.try_clone().expect("clone") };
+        let send = std::thread::spawn(move || {
+            for i in 0..16u64 {
+                let data: Vec<u8> = (0..1 << 20).map(|j: u64| (i * 3 + j / 4096) as u8).collect();
+                sender.request(CMD_WRITE, CMD_FLAG_FUA, i, i << 20, 1 << 20, &data);
+            }
+        });
+        for _ in 0..16 {
+            assert_eq!(client.reply().0, 0);
+        }
+        send.join().expect("sender");
+        for i in 0..16u64 {
+            let data = client.read(100 + i, i << 20, 1 << 20);
+            assert!(data.chunks(4096).enumerate().all(|(b, c)| c.iter().all(|&x| x == (i * 3 + b as u64) as u8)));
+        }
+    });
+    server.shutdown();
+    rt.block_on(served).expect("join").expect("connection ends cleanly");
+}
+
+#[test]
+fn a_refused_write_has_its_payload_skipped_and_the_connection_goes_on() {
+    let rt = runtime();
+    let server = server(2, ServerConfig::default());
+    let (mut client, served) = connect(&rt, &server);
+    let client = bounded(move || {
+        // Past the end: EINVAL (or ENOSPC), and the payload must not be taken for a header.
+        client.request(CMD_WRITE, 0, 1, SIZE as u64, 4096, &block(1));
+        client.request(CMD_WRITE, 0, 2, 0, 4096, &block(2));
+        let (err, cookie) = client.reply();
+        let (ok, cookie2) = client.reply();
+        let mut got = [(err, cookie), (ok, cookie2)];
+        got.sort_by_key(|&(_, c)| c);
+        assert_ne!(got[0].0, 0, "the write past the end is refused");
+        assert_eq!(got[1], (0, 2));
+        assert_eq!(client.read(3, 0, 4096), block(2));
+        client
+    });
+    drop(client);
+    let r = rt.block_on(served).expect("join");
+    assert!(r.is_ok(), "a client that hangs up ends the connection cleanly: {r:?}");
+}
+
+#[test]
+fn shutdown_ends_an_idle_connection_at_once() {
+    let rt = runtime();
+    let server = server(3, ServerConfig::default());
+    let (mut client, served) = connect(&rt, &server);
+    let mut client = bounded(move || {
+        assert_eq!(client.read(1, 0, 4096), vec![0u8; 4096]);
+        client
+    });
+    server.shutdown();
+    let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), served).await });
+    r.expect("the connection ended within 30 s (threads blocked in recv were woken)").expect("join").expect("clean");
+    assert!(client.at_end(), "the client sees the close");
+}
+
+#[test]
+fn garbage_instead_of_a_request_ends_the_connection_with_an_error() {
+    let rt = runtime();
+    let server = server(2, ServerConfig::default());
+    let (mut client, served) = connect(&rt, &server);
+    let mut client = bounded(move || {
+        client.s.write_all(&[0x55u8; 28]).expect("garbage");
+        client
+    });
+    let r = rt.block_on(served).expect("join");
+    assert!(matches!(r, Err(crate::ConnError::BadRequestMagic(_))), "{r:?}");
+    assert!(client.at_end());
+}
