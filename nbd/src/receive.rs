@@ -66,7 +66,10 @@ pub(crate) fn receive_into_blocking<R: Read>(
     let copied = at.copy_held(r.buffer(), &mut bufs);
     std::io::BufRead::consume(r, copied);
     while at.done < bufs.len() {
-        let n = r.get_mut().read_vectored(&mut at.iov(&mut bufs))?;
+        let n = match r.get_mut().read_vectored(&mut at.iov(&mut bufs)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            n => n?,
+        };
         at.received(&bufs, n)?;
     }
     Ok(())

@@ -32,8 +32,9 @@ pub struct ServerConfig {
     /// Idle payload buffers kept for reuse, shared by all connections. Default: 64 MiB.
     pub pool_retained_bytes: usize,
     /// OS threads that serve one connection from [`Server::serve_socket`], taking turns
-    /// at its socket; 0 serves it on tokio tasks instead, as [`Server::serve`] does.
-    /// Default: 4.
+    /// at its socket; 0 serves it on tokio tasks instead, as [`Server::serve`] does. Not 1:
+    /// the other threads go on reading requests while one waits to write a reply, which a
+    /// client that sends everything before it reads needs. At most 64. Default: 4.
     pub connection_threads: usize,
 }
 
@@ -66,6 +67,11 @@ pub enum ConfigError {
     ExportNameTooLong(String),
     #[error("no exports")]
     NoExports,
+    #[error(
+        "connection_threads ({0}) must be 0 (tokio tasks) or from 2 to 64: one thread alone cannot read requests \
+         while it waits to write a reply, and a client that sends before it reads would stall it"
+    )]
+    ConnectionThreads(usize),
 }
 
 /// Why a connection ended other than by the client's choice.
@@ -112,6 +118,9 @@ impl<D: BlockDevice> Server<D> {
                 inflight: config.inflight_bytes,
                 max_block: config.max_block,
             });
+        }
+        if config.connection_threads == 1 || config.connection_threads > 64 {
+            return Err(ConfigError::ConnectionThreads(config.connection_threads));
         }
         for (i, e) in exports.iter().enumerate() {
             if e.name.len() > crate::consts::MAX_STRING {

@@ -3,6 +3,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 
 /// An accepted connection, handed to [`crate::Server::serve_socket`].
 #[derive(Debug)]
@@ -33,6 +34,20 @@ impl Stream {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
         })
+    }
+
+    /// Send what the socket takes at once, without waiting for room: `WouldBlock` if it
+    /// takes nothing.
+    pub(crate) fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use nix::sys::socket::{sendmsg, MsgFlags};
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        // Linux takes at most UIO_MAXIOV buffers a call.
+        let bufs = &bufs[..bufs.len().min(1024)];
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        sendmsg::<()>(fd, bufs, &[], flags, None).map_err(io::Error::from)
     }
 
     /// Shut one or both directions down, waking a thread blocked on them. A socket the

@@ -31,7 +31,7 @@ use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{debug, warn};
@@ -132,6 +132,7 @@ pub(crate) async fn run<D: BlockDevice>(
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
     let replier = Arc::clone(&conn);
     std::thread::Builder::new().name("nbd-reply".into()).spawn(move || {
+        let _ending = Ending(&replier);
         send_replies(&replier, rx);
         let _ = done_tx.send(());
     })?;
@@ -161,13 +162,24 @@ pub(crate) async fn run<D: BlockDevice>(
         conn.socket.shutdown(Shutdown::Both);
         let _ = done_rx.await;
     }
+    // The reply thread ends last, unless it panicked: then the threads still reading, woken
+    // by the socket's shutdown, are waited for.
+    if conn.readers.load(Ordering::Acquire) > 0 {
+        conn.readers_done.notified().await;
+    }
     let error = conn.error.lock().take();
     match error {
+        // The shutdown that ended the wait makes the blocked write fail too.
+        _ if timed_out => Err(ConnError::Protocol("client stopped reading replies; connection dropped")),
+        // A server stop cut a payload short: that is the stop, not a broken connection.
+        Some(ConnError::Io(e)) if *stop.borrow() => {
+            debug!(error = %e, "connection stopped mid-request");
+            Ok(())
+        }
         Some(e) => {
             warn!(error = %e, "closing connection");
             Err(e)
         }
-        None if timed_out => Err(ConnError::Protocol("client stopped reading replies; connection dropped")),
         None => Ok(()),
     }
 }
@@ -178,6 +190,7 @@ fn take_turns<D: BlockDevice>(conn: &Conn<D>, tx: mpsc::Sender<Frame>) {
     // Counted out however the thread ends, a panicking device included, so the connection
     // still closes.
     let _leaving = Leaving(conn);
+    let _ending = Ending(conn);
     let mut taken: Vec<Taken> = Vec::with_capacity(MAX_BATCH);
     let mut frames: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
     'turns: while !conn.closing.load(Ordering::Acquire) {
@@ -205,10 +218,15 @@ fn take_turns<D: BlockDevice>(conn: &Conn<D>, tx: mpsc::Sender<Frame>) {
             let busy = waited < IDLE_WAIT && !taken.iter().any(|t| t.large);
             if !busy {
                 drop(input);
-                conn.run(&mut taken, &mut frames, &tx);
+                conn.run(&mut taken, &mut frames, &tx, None);
                 continue 'turns;
             }
-            conn.run(&mut taken, &mut frames, &tx);
+            // The turn is kept only while the replies go out without waiting: a client that
+            // is slow to read them must not stop the reading of its requests.
+            match conn.run(&mut taken, &mut frames, &tx, Some(input)) {
+                Some(kept) => input = kept,
+                None => continue 'turns,
+            }
         }
     }
     drop(tx);
@@ -219,6 +237,19 @@ struct Leaving<'a, D>(&'a Conn<D>);
 impl<D> Drop for Leaving<'_, D> {
     fn drop(&mut self) {
         self.0.reader_left();
+    }
+}
+
+/// Ends the connection if a thread of it panics: the requests it held will never be
+/// answered, so the client must not wait for them.
+struct Ending<'a, D>(&'a Conn<D>);
+
+impl<D> Drop for Ending<'_, D> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(ConnError::Protocol("a connection thread panicked"));
+            self.0.socket.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -234,7 +265,7 @@ fn send_replies<D>(conn: &Conn<D>, rx: mpsc::Receiver<Frame>) {
                 Err(_) => break,
             }
         }
-        conn.reply(&mut batch);
+        conn.reply(&mut batch, None);
     }
 }
 
@@ -256,12 +287,24 @@ impl<D: BlockDevice> Conn<D> {
             return Ok(Duration::ZERO);
         }
         let start = Instant::now();
-        input.fill_buf()?;
-        Ok(start.elapsed())
+        loop {
+            match input.fill_buf() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(start.elapsed()),
+            }
+        }
     }
 
-    /// Run the requests of a turn and send the replies of those that are done.
-    fn run(&self, taken: &mut Vec<Taken>, frames: &mut Vec<Frame>, tx: &mpsc::Sender<Frame>) {
+    /// Run the requests of a turn and send the replies of those that are done. With the
+    /// read side held, it is given back unless sending would have had to wait.
+    fn run<'a>(
+        &'a self,
+        taken: &mut Vec<Taken>,
+        frames: &mut Vec<Frame>,
+        tx: &mpsc::Sender<Frame>,
+        input: Option<MutexGuard<'a, Input>>,
+    ) -> Option<MutexGuard<'a, Input>> {
         for t in taken.drain(..) {
             let structured = self.limits.structured;
             let (device, pool) = (Arc::clone(&self.device), Arc::clone(&self.pool));
@@ -279,9 +322,10 @@ impl<D: BlockDevice> Conn<D> {
                 }
             }
         }
-        if !frames.is_empty() {
-            self.reply(frames);
+        if frames.is_empty() {
+            return input;
         }
+        self.reply(frames, input)
     }
 
     /// Read requests while it is this thread's turn: the next one, waiting for it and its
@@ -394,32 +438,45 @@ impl<D> Conn<D> {
     /// Send `frames` (taking them): queue them, and write everything queued unless another
     /// thread is writing, which then writes them too before it lets go. Under load replies
     /// go out in batches; alone, a thread writes its own reply at once.
-    fn reply(&self, frames: &mut Vec<Frame>) {
+    ///
+    /// A thread holding the read side (`input`) sends without waiting; if the socket is
+    /// full it lets go of the read side, so requests go on being read, and then waits.
+    fn reply<'a>(
+        &'a self,
+        frames: &mut Vec<Frame>,
+        mut input: Option<MutexGuard<'a, Input>>,
+    ) -> Option<MutexGuard<'a, Input>> {
         self.queued.lock().append(frames);
         while let Some(mut out) = self.output.try_lock() {
             let batch = std::mem::take(&mut *self.queued.lock());
             if batch.is_empty() {
-                return;
+                break;
             }
             if !self.dead.load(Ordering::Acquire) {
-                self.write(&mut out, &batch);
+                self.write(&mut out, &batch, &mut input);
             }
             drop(out);
             // Replies queued while this thread wrote, by a thread that found it busy.
             if self.queued.lock().is_empty() {
-                return;
+                break;
             }
         }
+        input
     }
 
-    fn write(&self, out: &mut Stream, batch: &[Frame]) {
+    fn write(&self, out: &mut Stream, batch: &[Frame], input: &mut Option<MutexGuard<'_, Input>>) {
         let mut slices = work::slices(batch);
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
-            match out.write_vectored(rest) {
+            let sent = match input {
+                Some(_) => out.send_now(rest),
+                None => out.write_vectored(rest),
+            };
+            match sent {
                 Ok(0) => return self.died(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => IoSlice::advance_slices(&mut rest, n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *input = None,
                 Err(e) => return self.died(e),
             }
         }

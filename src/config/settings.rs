@@ -205,9 +205,10 @@ pub struct SettingsArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_parallel: Option<usize>,
 
-    /// Threads that serve each NBD connection, taking turns at its socket; 0 serves
-    /// connections on the shared async runtime instead (more throughput on 4 KiB reads at
-    /// high queue depth, far more latency at queue depth 1: bench/README.md). [default: 4]
+    /// Threads that serve each NBD connection, taking turns at its socket (2 to 64); 0
+    /// serves connections on the shared async runtime instead (more throughput on 4 KiB
+    /// reads at high queue depth, far more latency at queue depth 1: bench/README.md).
+    /// [default: 4]
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_threads: Option<usize>,

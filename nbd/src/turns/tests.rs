@@ -14,7 +14,7 @@ use crate::socket::Socket;
 use crate::testing::{Injected, MemDevice};
 use crate::{Server, ServerConfig};
 
-const SIZE: usize = 16 << 20;
+const SIZE: usize = 32 << 20;
 
 /// [`MemDevice`], except that FLUSH and FUA writes wait a little first, as a sync would, so
 /// their replies come from a task.
@@ -89,7 +89,15 @@ struct Client {
 }
 
 impl Client {
-    fn negotiate(mut s: UnixStream) -> Client {
+    fn negotiate(s: UnixStream) -> Client {
+        Self::negotiate_then(s, &[])
+    }
+
+    /// Negotiate, sending `first` (requests) in the same write as the last option, before
+    /// the server has answered it.
+    fn negotiate_then(mut s: UnixStream, first: &[u8]) -> Client {
+        // A server that never answers fails the test rather than hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
         let mut greeting = [0u8; 18];
         s.read_exact(&mut greeting).expect("greeting");
         assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
@@ -98,6 +106,7 @@ impl Client {
         opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
         opt.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
         opt.extend_from_slice(&0u32.to_be_bytes());
+        opt.extend_from_slice(first);
         s.write_all(&opt).expect("export name");
         let mut export = [0u8; 10];
         s.read_exact(&mut export).expect("export size and flags");
@@ -106,15 +115,7 @@ impl Client {
     }
 
     fn request(&mut self, cmd: u16, flags: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
-        let mut h = Vec::with_capacity(28 + payload.len());
-        h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        h.extend_from_slice(&flags.to_be_bytes());
-        h.extend_from_slice(&cmd.to_be_bytes());
-        h.extend_from_slice(&cookie.to_be_bytes());
-        h.extend_from_slice(&offset.to_be_bytes());
-        h.extend_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(payload);
-        self.s.write_all(&h).expect("request");
+        self.s.write_all(&encode(cmd, flags, cookie, offset, len, payload)).expect("request");
     }
 
     /// The next simple reply: (error, cookie).
@@ -139,6 +140,28 @@ impl Client {
     }
 }
 
+fn encode(cmd: u16, flags: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(28 + payload.len());
+    h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&cmd.to_be_bytes());
+    h.extend_from_slice(&cookie.to_be_bytes());
+    h.extend_from_slice(&offset.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// The connection's end, bounded so that a server that never closes fails the test.
+fn ended(
+    rt: &tokio::runtime::Runtime,
+    served: tokio::task::JoinHandle<Result<(), crate::ConnError>>,
+) -> Result<(), crate::ConnError> {
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), served).await })
+        .expect("the connection ended within 60 s")
+        .expect("join")
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
@@ -160,7 +183,7 @@ fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
 fn pipelined_requests_on_several_threads_are_each_answered_once_and_store_their_data() {
     let rt = runtime();
     // 0: the task-based loop, for comparison; the same client must see the same server.
-    for threads in [0, 1, 2, 5] {
+    for threads in [0, 2, 5] {
         let server = server(threads, ServerConfig::default());
         let (client, served) = connect(&rt, &server);
         let mut client = bounded(move || {
@@ -199,7 +222,7 @@ fn pipelined_requests_on_several_threads_are_each_answered_once_and_store_their_
             receiver
         });
         assert!(client.at_end(), "the server closes after DISC");
-        rt.block_on(served).expect("join").expect("connection ends cleanly");
+        ended(&rt, served).expect("connection ends cleanly");
     }
 }
 
@@ -230,7 +253,7 @@ fn a_client_past_its_budget_waits_and_loses_nothing() {
         }
     });
     server.shutdown();
-    rt.block_on(served).expect("join").expect("connection ends cleanly");
+    ended(&rt, served).expect("connection ends cleanly");
 }
 
 #[test]
@@ -252,7 +275,7 @@ fn a_refused_write_has_its_payload_skipped_and_the_connection_goes_on() {
         client
     });
     drop(client);
-    let r = rt.block_on(served).expect("join");
+    let r = ended(&rt, served);
     assert!(r.is_ok(), "a client that hangs up ends the connection cleanly: {r:?}");
 }
 
@@ -266,8 +289,7 @@ fn shutdown_ends_an_idle_connection_at_once() {
         client
     });
     server.shutdown();
-    let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), served).await });
-    r.expect("the connection ended within 30 s (threads blocked in recv were woken)").expect("join").expect("clean");
+    ended(&rt, served).expect("threads blocked in recv were woken, and the close is clean");
     assert!(client.at_end(), "the client sees the close");
 }
 
@@ -280,7 +302,94 @@ fn garbage_instead_of_a_request_ends_the_connection_with_an_error() {
         client.s.write_all(&[0x55u8; 28]).expect("garbage");
         client
     });
-    let r = rt.block_on(served).expect("join");
+    let r = ended(&rt, served);
     assert!(matches!(r, Err(crate::ConnError::BadRequestMagic(_))), "{r:?}");
     assert!(client.at_end());
+}
+
+#[test]
+fn a_request_sent_with_the_last_option_is_served() {
+    let rt = runtime();
+    for threads in [0, 2] {
+        let server = server(threads, ServerConfig::default());
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let s = Arc::clone(&server);
+        let served = rt.spawn(async move {
+            let a = tokio::net::UnixStream::from_std(a).expect("register");
+            s.serve_socket(Socket::Unix(a)).await
+        });
+        // The requests are in negotiation's receive buffer when transmission starts.
+        let first = [encode(CMD_WRITE, 0, 1, 8192, 4096, &block(7)), encode(CMD_FLUSH, 0, 2, 0, 0, &[])].concat();
+        let mut client = bounded(move || {
+            let mut c = Client::negotiate_then(b, &first);
+            let mut got = [c.reply(), c.reply()];
+            got.sort_by_key(|&(_, cookie)| cookie);
+            assert_eq!(got, [(0, 1), (0, 2)], "both requests answered");
+            assert_eq!(c.read(3, 8192, 4096), block(7));
+            c.request(CMD_DISC, 0, 9, 0, 0, &[]);
+            c
+        });
+        assert!(client.at_end());
+        ended(&rt, served).expect("clean");
+    }
+}
+
+#[test]
+fn a_client_that_sends_everything_before_reading_a_reply_is_served() {
+    // 64 KiB reads and writes in turn, all sent before any reply is read: the read
+    // replies (12 MiB) fill the socket long before the requests are all sent, so a server
+    // that stopped reading requests while a reply waits for room would never finish.
+    let rt = runtime();
+    for threads in [0, 2, 4] {
+        let server = server(threads, ServerConfig::default());
+        let (client, served) = connect(&rt, &server);
+        let client = bounded(move || {
+            let mut sender = Client { s: client.s.try_clone().expect("clone") };
+            let mut receiver = client;
+            let n = 200u64;
+            let send = std::thread::spawn(move || {
+                for i in 0..n {
+                    sender.request(CMD_READ, 0, 2 * i, i << 16, 1 << 16, &[]);
+                    let data: Vec<u8> = (0..1u64 << 16).map(|j| (i ^ (j >> 12)) as u8).collect();
+                    sender.request(CMD_WRITE, 0, 2 * i + 1, (16 << 20) + (i << 16), 1 << 16, &data);
+                }
+            });
+            send.join().expect("every request sent before any reply is read");
+            for _ in 0..2 * n {
+                let (err, cookie) = receiver.reply();
+                assert_eq!(err, 0, "request {cookie}");
+                if cookie % 2 == 0 {
+                    let mut data = vec![0u8; 1 << 16];
+                    receiver.s.read_exact(&mut data).expect("read data");
+                }
+            }
+            let i = 123u64;
+            let back = receiver.read(9_999, (16 << 20) + (i << 16), 1 << 16);
+            assert!(back.iter().enumerate().all(|(j, &x)| x == (i ^ (j as u64 >> 12)) as u8));
+            receiver
+        });
+        drop(client);
+        ended(&rt, served).expect("clean");
+    }
+}
+
+#[test]
+fn one_connection_thread_alone_is_refused() {
+    let export = || Export {
+        name: "default".into(),
+        description: String::new(),
+        device: Arc::new(Waiting(MemDevice::new(4096))),
+        read_only: false,
+    };
+    for bad in [1, 65] {
+        let e = Server::new(vec![export()], ServerConfig { connection_threads: bad, ..ServerConfig::default() })
+            .expect_err("refused");
+        assert!(e.to_string().contains(&format!("connection_threads ({bad})")), "{e}");
+    }
+    for good in [0, 2, 64] {
+        assert!(
+            Server::new(vec![export()], ServerConfig { connection_threads: good, ..ServerConfig::default() }).is_ok()
+        );
+    }
 }
