@@ -52,10 +52,13 @@ use crate::work::{self, Frame, Job, WriteData, LARGE_PAYLOAD, MAX_BATCH, READ_BU
 const CLOSE_GRACE: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A wait for the next request this long or longer means the client is idle between
-/// requests (low queue depth): the thread hands the read side to the next one before it
-/// runs what it read. At 200k requests/s (4 KiB at queue depth 32 on the development VM)
-/// they arrive 5 us apart.
-const IDLE_WAIT: Duration = Duration::from_micros(20);
+/// requests (low queue depth), or the thread was woken slowly: it hands the read side to
+/// the next one before it runs what it read. Measured on the development VM (2 vCPUs,
+/// relaxed, 5 s each; 4 KiB writes at depth 1 / reads at depth 32, IOPS): 8 us 55k/191k,
+/// 20 us 61k/192k, 60 us 69k/212k, 200 us 29k/204k, 1 ms 19k/208k. Above the ~50 us a
+/// wake-up on an idle vCPU costs there, a thread alone keeps reading at depth 1 and pays
+/// it on every request.
+const IDLE_WAIT: Duration = Duration::from_micros(60);
 
 /// The read side: the bytes negotiation had already buffered, then the socket.
 type Input = BufReader<Chain<Cursor<Vec<u8>>, Stream>>;
