@@ -35,7 +35,7 @@ PAIRING_LABEL = {
 SLOW_TARGET_MS = {"strict": 0.5, "batched": 0.1, "relaxed": 0.1}
 
 WAL_WRITES = ("pwrite64", "pwritev", "pwritev2")
-SOCKET_WRITES = ("writev",)
+SOCKET_WRITES = ("writev", "sendmsg")
 OTHER_WRITES = ("write",)
 WRITE_CALLS = OTHER_WRITES + SOCKET_WRITES + WAL_WRITES
 SYNC_CALLS = ("fdatasync", "fsync", "sync_file_range")
@@ -462,7 +462,7 @@ def syscalls(out, modes):
     lines = [
         "| mode | 4 KiB blocks written | IOPS (under strace) | write-type calls / 1k blocks "
         "| sync-type calls / 1k blocks | WAL writes (pwrite*) / 1k | WAL syncs (fdatasync) / 1k "
-        "| socket writes (writev) / 1k | other write() / 1k | fsync + sync_file_range / 1k "
+        "| socket writes (writev + sendmsg) / 1k | other write() / 1k | fsync + sync_file_range / 1k "
         "| blocks per WAL write | blocks per fdatasync |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ] + rows

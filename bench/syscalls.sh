@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Count spillway's write and sync system calls per 4 KiB block written, in each
 # durability mode. spillway runs under
-#   strace -f -c -e trace=write,writev,pwrite64,pwritev,pwritev2,fsync,fdatasync,sync_file_range
+#   strace -f -c -e trace=write,writev,sendmsg,pwrite64,pwritev,pwritev2,fsync,fdatasync,sync_file_range
 # while fio writes 4 KiB blocks at random, 32 in flight, for RUNTIME seconds
 # (bench/fio/randwrite-4k-qd32.fio, no FLUSH); blocks written = fio's total
 # write IOs. strace slows the server down a lot: the COUNTS per block are the
@@ -11,7 +11,8 @@
 #   pwrite64/pwritev/pwritev2  WAL writes (only the WAL writer thread uses positioned writes)
 #   fdatasync                  WAL syncs
 #   fsync, sync_file_range     metadata (volume.meta, directories) at start-up / segment creation
-#   writev                     NBD replies on the TCP socket (tokio threads)
+#   writev, sendmsg            NBD replies on the TCP socket (sendmsg: a connection
+#                              thread that kept its turn sends without waiting)
 #   write                      everything else: mostly eventfd wake-ups between
 #                              tokio threads and the WAL writer, plus log lines
 # With DECODE=1 (the default) a second, shorter run per mode under
@@ -43,7 +44,7 @@ RETRIES=${RETRIES:-2}
 DECODE_RUNTIME=${DECODE_RUNTIME:-5}
 STRACE_SECCOMP=${STRACE_SECCOMP:-1}
 SIZE=${SIZE:-1G}
-TRACE_SET=write,writev,pwrite64,pwritev,pwritev2,fsync,fdatasync,sync_file_range
+TRACE_SET=write,writev,sendmsg,pwrite64,pwritev,pwritev2,fsync,fdatasync,sync_file_range
 FIO_TIMEOUT=${FIO_TIMEOUT:-$((RUNTIME * 3 + 120))}
 JOB=$HERE/fio/randwrite-4k-qd32.fio
 
@@ -164,8 +165,8 @@ bench_unlock
     cat "$OUT/env.md"
     echo "- loadavg at end: $(loadavg3)"
     echo
-    echo "Calls per 1,000 4 KiB blocks written (blocks = fio's write IOs). write-type = write + writev + pwrite64 + pwritev + pwritev2;"
-    echo "sync-type = fdatasync + fsync + sync_file_range. WAL writes = pwrite*, WAL syncs = fdatasync, socket writes = writev,"
+    echo "Calls per 1,000 4 KiB blocks written (blocks = fio's write IOs). write-type = write + writev + sendmsg + pwrite64 + pwritev + pwritev2;"
+    echo "sync-type = fdatasync + fsync + sync_file_range. WAL writes = pwrite*, WAL syncs = fdatasync, socket writes = writev + sendmsg,"
     echo "other write() = eventfd wake-ups and log lines (see the decode table). Counts cover the server's whole life under strace."
     echo
     "$PYTHON" "$HERE/durable_summarize.py" syscalls "$OUT" "${ML[*]}"
