@@ -116,6 +116,17 @@ pub enum Command {
     BlockStatus { offset: u64, len: u32, req_one: bool },
 }
 
+impl Command {
+    /// The data the request moves over the connection: a WRITE's payload or a READ's
+    /// reply; 0 for every other command.
+    pub fn payload(&self) -> u32 {
+        match self {
+            Command::Read { len, .. } | Command::Write { len, .. } => *len,
+            _ => 0,
+        }
+    }
+}
+
 /// Check a request against the negotiated limits. The order of checks is fixed, so each
 /// fault yields one exact error: command, flags, reserved fields, read-only, metadata
 /// context, zero length, maximum size, range.

@@ -11,8 +11,8 @@ use crate::export::Export;
 use crate::handshake::{negotiate, Negotiated, Outcome};
 use crate::pool::BufferPool;
 use crate::receive::RecvVectored;
-use crate::request::BadMagic;
-use crate::socket::{Socket, Stream};
+use crate::request::{BadMagic, Limits};
+use crate::socket::{ReadHalf, Socket};
 
 /// Limits and defaults of the protocol server.
 #[derive(Debug, Clone)]
@@ -147,6 +147,18 @@ impl<D: BlockDevice> Server<D> {
         &self.pool
     }
 
+    /// The limits requests on a connection negotiated as `neg` are checked against.
+    pub(crate) fn limits(&self, neg: &Negotiated) -> Limits {
+        let export = &self.exports[neg.export];
+        Limits {
+            size: export.device.size(),
+            read_only: export.read_only,
+            structured: neg.structured,
+            meta: neg.meta,
+            max_block: self.config.max_block,
+        }
+    }
+
     /// The export a client's name reaches: the empty name reaches the default export.
     pub fn find_export(&self, name: &str) -> Option<usize> {
         let name = if name.is_empty() { self.config.default_export.as_str() } else { name };
@@ -178,43 +190,29 @@ impl<D: BlockDevice> Server<D> {
     /// transmission on `connection_threads` threads of its own (see
     /// [`ServerConfig::connection_threads`]).
     pub async fn serve_socket(self: &Arc<Self>, socket: Socket) -> Result<(), ConnError> {
-        let threads = self.config.connection_threads;
-        let negotiated = match socket {
-            Socket::Tcp(s) if threads == 0 => {
-                let (r, w) = s.into_split();
-                return self.serve(r, w).await;
-            }
-            Socket::Unix(s) if threads == 0 => {
-                let (r, w) = s.into_split();
-                return self.serve(r, w).await;
-            }
+        match socket {
             Socket::Tcp(s) => {
                 let (r, w) = s.into_split();
-                match self.negotiate(r, w).await? {
-                    None => None,
-                    Some((n, r, w)) => {
-                        let held = r.buffer().to_vec();
-                        let s = r.into_inner().reunite(w).map_err(|_| ConnError::Protocol("socket halves differ"))?;
-                        Some((n, held, Stream::Tcp(s.into_std()?)))
-                    }
-                }
+                self.serve_halves(r, w).await
             }
             Socket::Unix(s) => {
                 let (r, w) = s.into_split();
-                match self.negotiate(r, w).await? {
-                    None => None,
-                    Some((n, r, w)) => {
-                        let held = r.buffer().to_vec();
-                        let s = r.into_inner().reunite(w).map_err(|_| ConnError::Protocol("socket halves differ"))?;
-                        Some((n, held, Stream::Unix(s.into_std()?)))
-                    }
-                }
+                self.serve_halves(r, w).await
             }
-        };
-        match negotiated {
-            None => Ok(()),
-            Some((n, held, stream)) => crate::turns::run(Arc::clone(self), n, held, stream.blocking()?, threads).await,
         }
+    }
+
+    async fn serve_halves<R: ReadHalf>(self: &Arc<Self>, r: R, w: R::Write) -> Result<(), ConnError> {
+        let threads = self.config.connection_threads;
+        if threads == 0 {
+            return self.serve(r, w).await;
+        }
+        let Some((n, r, w)) = self.negotiate(r, w).await? else {
+            return Ok(());
+        };
+        let held = r.buffer().to_vec();
+        let stream = r.into_inner().rejoin(w)?;
+        crate::turns::run(Arc::clone(self), n, held, stream, threads).await
     }
 
     /// Negotiate until transmission; `None` if the client closed or the server is stopping.

@@ -12,6 +12,30 @@ pub enum Socket {
     Unix(tokio::net::UnixStream),
 }
 
+/// The read half of a split [`Socket`], which can be joined again with its write half
+/// into the blocking [`Stream`] once negotiation is over.
+pub(crate) trait ReadHalf: crate::RecvVectored {
+    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    fn rejoin(self, w: Self::Write) -> io::Result<Stream>;
+}
+
+macro_rules! read_half {
+    ($module:ident, $variant:ident) => {
+        impl ReadHalf for tokio::net::$module::OwnedReadHalf {
+            type Write = tokio::net::$module::OwnedWriteHalf;
+
+            fn rejoin(self, w: Self::Write) -> io::Result<Stream> {
+                let s = self.reunite(w).map_err(|_| io::Error::other("socket halves differ"))?;
+                Stream::$variant(s.into_std()?).blocking()
+            }
+        }
+    };
+}
+
+read_half!(tcp, Tcp);
+read_half!(unix, Unix);
+
 /// The socket in blocking mode. Each holder (the reading side, the writing side) has its
 /// own descriptor; [`Stream::shutdown`] on any of them acts on the one socket.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use crate::consts::REQUEST_HEADER_LEN;
 use crate::device::BlockDevice;
 use crate::handshake::Negotiated;
 use crate::receive::{receive_into, RecvVectored};
-use crate::request::{decode_header, validate, Command, CommandKind, Limits};
+use crate::request::{decode_header, validate, Command, CommandKind};
 use crate::server::{ConnError, Server};
 use crate::work::{self, Frame, Job, WriteData, LARGE_PAYLOAD, MAX_BATCH, REQUEST_OVERHEAD};
 
@@ -67,13 +67,7 @@ where
 {
     let export = &server.exports()[neg.export];
     let device = Arc::clone(&export.device);
-    let limits = Limits {
-        size: device.size(),
-        read_only: export.read_only,
-        structured: neg.structured,
-        meta: neg.meta,
-        max_block: server.config().max_block,
-    };
+    let limits = server.limits(&neg);
     debug!(export = %export.name, ?limits, "transmission");
     let pool = Arc::clone(server.pool());
     let budget = Arc::new(Semaphore::new(server.config().inflight_bytes));
@@ -112,11 +106,10 @@ where
                 continue;
             }
         };
-        let payload = match cmd {
-            Command::Disc => break Ok(()),
-            Command::Read { len, .. } | Command::Write { len, .. } => len,
-            _ => 0,
-        };
+        if cmd == Command::Disc {
+            break Ok(());
+        }
+        let payload = cmd.payload();
         let Ok(permit) = or_stop!(dead, stop, Arc::clone(&budget).acquire_many_owned(payload + REQUEST_OVERHEAD))
         else {
             break Ok(());

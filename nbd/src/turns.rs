@@ -106,13 +106,7 @@ pub(crate) async fn run<D: BlockDevice>(
     threads: usize,
 ) -> Result<(), ConnError> {
     let export = &server.exports()[neg.export];
-    let limits = Limits {
-        size: export.device.size(),
-        read_only: export.read_only,
-        structured: neg.structured,
-        meta: neg.meta,
-        max_block: server.config().max_block,
-    };
+    let limits = server.limits(&neg);
     debug!(export = %export.name, ?limits, threads, "transmission");
     let conn = Arc::new(Conn {
         device: Arc::clone(&export.device),
@@ -275,11 +269,7 @@ fn send_replies<D>(conn: &Conn<D>, rx: mpsc::Receiver<Frame>) {
 /// What a request costs of the budget: its payload, if it is a READ or WRITE that will run,
 /// and the fixed overhead.
 fn need(checked: &Result<Command, RequestError>) -> u32 {
-    REQUEST_OVERHEAD
-        + match checked {
-            Ok(Command::Read { len, .. } | Command::Write { len, .. }) => *len,
-            _ => 0,
-        }
+    REQUEST_OVERHEAD + checked.as_ref().map_or(0, Command::payload)
 }
 
 impl<D: BlockDevice> Conn<D> {
@@ -395,10 +385,7 @@ impl<D: BlockDevice> Conn<D> {
                 return Ok(true);
             }
         };
-        let cmd_len = match cmd {
-            Command::Read { len, .. } | Command::Write { len, .. } => Some(len),
-            _ => None,
-        };
+        let large = cmd.payload() >= LARGE_PAYLOAD;
         let job = match cmd {
             // A payload larger than the buffer is read straight into its own: the device's
             // memory if it lends some, else a pooled buffer.
@@ -418,7 +405,6 @@ impl<D: BlockDevice> Conn<D> {
                 None => return Ok(false),
             },
         };
-        let large = matches!(cmd_len, Some(n) if n >= LARGE_PAYLOAD);
         taken.push(Taken { large, job, cookie: h.cookie, permit });
         Ok(true)
     }

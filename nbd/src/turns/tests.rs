@@ -58,14 +58,17 @@ impl BlockDevice for Waiting {
     }
 }
 
-fn server(threads: usize, config: ServerConfig) -> Arc<Server<Waiting>> {
-    let export = Export {
+fn export(size: usize) -> Export<Waiting> {
+    Export {
         name: "default".into(),
         description: String::new(),
-        device: Arc::new(Waiting(MemDevice::new(SIZE))),
+        device: Arc::new(Waiting(MemDevice::new(size))),
         read_only: false,
-    };
-    Server::new(vec![export], ServerConfig { connection_threads: threads, ..config }).expect("config")
+    }
+}
+
+fn server(threads: usize, config: ServerConfig) -> Arc<Server<Waiting>> {
+    Server::new(vec![export(SIZE)], ServerConfig { connection_threads: threads, ..config }).expect("config")
 }
 
 /// Serve one end of a socket pair on the runtime; the client gets the other, negotiated.
@@ -73,6 +76,16 @@ fn connect(
     rt: &tokio::runtime::Runtime,
     server: &Arc<Server<Waiting>>,
 ) -> (Client, tokio::task::JoinHandle<Result<(), crate::ConnError>>) {
+    let (b, served) = serve_pair(rt, server);
+    (Client::negotiate(b), served)
+}
+
+/// Serve one end of a socket pair on the runtime; the other end, not yet negotiated, is
+/// the client's.
+fn serve_pair(
+    rt: &tokio::runtime::Runtime,
+    server: &Arc<Server<Waiting>>,
+) -> (UnixStream, tokio::task::JoinHandle<Result<(), crate::ConnError>>) {
     let (a, b) = UnixStream::pair().expect("socket pair");
     a.set_nonblocking(true).expect("nonblocking");
     let s = Arc::clone(server);
@@ -80,7 +93,7 @@ fn connect(
         let a = tokio::net::UnixStream::from_std(a).expect("register");
         s.serve_socket(Socket::Unix(a)).await
     });
-    (Client::negotiate(b), served)
+    (b, served)
 }
 
 /// A client that speaks just enough: NBD_OPT_EXPORT_NAME, simple replies.
@@ -312,13 +325,7 @@ fn a_request_sent_with_the_last_option_is_served() {
     let rt = runtime();
     for threads in [0, 2] {
         let server = server(threads, ServerConfig::default());
-        let (a, b) = UnixStream::pair().expect("socket pair");
-        a.set_nonblocking(true).expect("nonblocking");
-        let s = Arc::clone(&server);
-        let served = rt.spawn(async move {
-            let a = tokio::net::UnixStream::from_std(a).expect("register");
-            s.serve_socket(Socket::Unix(a)).await
-        });
+        let (b, served) = serve_pair(&rt, &server);
         // The requests are in negotiation's receive buffer when transmission starts.
         let first = [encode(CMD_WRITE, 0, 1, 8192, 4096, &block(7)), encode(CMD_FLUSH, 0, 2, 0, 0, &[])].concat();
         let mut client = bounded(move || {
@@ -376,20 +383,13 @@ fn a_client_that_sends_everything_before_reading_a_reply_is_served() {
 
 #[test]
 fn one_connection_thread_alone_is_refused() {
-    let export = || Export {
-        name: "default".into(),
-        description: String::new(),
-        device: Arc::new(Waiting(MemDevice::new(4096))),
-        read_only: false,
-    };
     for bad in [1, 65] {
-        let e = Server::new(vec![export()], ServerConfig { connection_threads: bad, ..ServerConfig::default() })
+        let e = Server::new(vec![export(4096)], ServerConfig { connection_threads: bad, ..ServerConfig::default() })
             .expect_err("refused");
         assert!(e.to_string().contains(&format!("connection_threads ({bad})")), "{e}");
     }
     for good in [0, 2, 64] {
-        assert!(
-            Server::new(vec![export()], ServerConfig { connection_threads: good, ..ServerConfig::default() }).is_ok()
-        );
+        assert!(Server::new(vec![export(4096)], ServerConfig { connection_threads: good, ..ServerConfig::default() })
+            .is_ok());
     }
 }
