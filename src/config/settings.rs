@@ -208,7 +208,7 @@ pub struct SettingsArgs {
     /// Threads that serve each NBD connection, taking turns at its socket (2 to 64); 0
     /// serves connections on the shared async runtime instead (more throughput on 4 KiB
     /// reads at high queue depth, far more latency at queue depth 1: bench/README.md).
-    /// [default: 4]
+    /// [default: 2]
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_threads: Option<usize>,
@@ -312,7 +312,7 @@ impl Default for Settings {
             spill_age: Duration::from_secs(30),
             compact_below: 0.7,
             upload_parallel: 4,
-            connection_threads: 4,
+            connection_threads: 2,
             metrics_listen: None,
             memory: false,
             memlock: false,
