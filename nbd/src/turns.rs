@@ -4,8 +4,8 @@
 //! Each of a connection's threads in turn holds the socket's read side. It reads the next
 //! request, waiting for it, and every further one whose header the receive buffer already
 //! holds, up to a batch, then runs them and writes their replies. A request that has to
-//! wait (a FLUSH, a strict-mode write) becomes a tokio task instead, and its reply goes to
-//! the connection's reply thread.
+//! wait (a FLUSH, a strict-mode write) goes to the connection's reply thread instead, which
+//! polls it whenever its waker fires and writes its reply as soon as it is done.
 //!
 //! When the thread lets go of the read side depends on the load:
 //! - Requests arriving back to back (the wait for one was under [`IDLE_WAIT`]): it keeps
@@ -26,9 +26,11 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader, Chain, Cursor, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -94,6 +96,8 @@ struct Conn<D> {
     /// Threads still taking turns; the last one out notifies `readers_done`.
     readers: AtomicUsize,
     readers_done: Notify,
+    /// Requests that wait, for the reply thread.
+    waiting: Arc<Waiting>,
 }
 
 /// Serve a negotiated connection on `threads` threads; `held` is what negotiation's reader
@@ -123,25 +127,26 @@ pub(crate) async fn run<D: BlockDevice>(
         error: Mutex::new(None),
         readers: AtomicUsize::new(threads),
         readers_done: Notify::new(),
+        waiting: Arc::default(),
     });
 
-    let (tx, rx) = mpsc::channel::<Frame>();
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
     let replier = Arc::clone(&conn);
     std::thread::Builder::new().name("nbd-reply".into()).spawn(move || {
         let _ending = Ending(&replier);
-        send_replies(&replier, rx);
+        // Requests that wait use tokio's timers and I/O from this thread.
+        let _rt = replier.rt.enter();
+        finish_waiting(&replier);
         let _ = done_tx.send(());
     })?;
     for _ in 0..threads {
-        let (c, tx) = (Arc::clone(&conn), tx.clone());
-        if let Err(e) = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || take_turns(&c, tx)) {
+        let c = Arc::clone(&conn);
+        if let Err(e) = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || take_turns(&c)) {
             // The threads already started serve the connection; with none, it closes.
             warn!(error = %e, "starting a connection thread");
             conn.reader_left();
         }
     }
-    drop(tx);
 
     let mut stop = server.shutdown_signal();
     tokio::select! {
@@ -182,7 +187,7 @@ pub(crate) async fn run<D: BlockDevice>(
 }
 
 /// One thread's life: read in turn, run what it read, reply, until the connection closes.
-fn take_turns<D: BlockDevice>(conn: &Conn<D>, tx: mpsc::Sender<Frame>) {
+fn take_turns<D: BlockDevice>(conn: &Conn<D>) {
     let _rt = conn.rt.enter();
     // Counted out however the thread ends, a panicking device included, so the connection
     // still closes.
@@ -215,18 +220,17 @@ fn take_turns<D: BlockDevice>(conn: &Conn<D>, tx: mpsc::Sender<Frame>) {
             let busy = waited < IDLE_WAIT && !taken.iter().any(|t| t.large);
             if !busy {
                 drop(input);
-                conn.run(&mut taken, &mut frames, &tx, None);
+                conn.run(&mut taken, &mut frames, None);
                 continue 'turns;
             }
             // The turn is kept only while the replies go out without waiting: a client that
             // is slow to read them must not stop the reading of its requests.
-            match conn.run(&mut taken, &mut frames, &tx, Some(input)) {
+            match conn.run(&mut taken, &mut frames, Some(input)) {
                 Some(kept) => input = kept,
                 None => continue 'turns,
             }
         }
     }
-    drop(tx);
 }
 
 struct Leaving<'a, D>(&'a Conn<D>);
@@ -250,19 +254,102 @@ impl<D> Drop for Ending<'_, D> {
     }
 }
 
-/// The connection's reply thread: writes the replies of requests that ran as tasks, in
-/// batches, until every sender (the turn-taking threads and the tasks) is gone.
-fn send_replies<D>(conn: &Conn<D>, rx: mpsc::Receiver<Frame>) {
-    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(f) = rx.recv() {
-        batch.push(f);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+/// A request that has to wait in the device (a FLUSH, a strict-mode write, a read from the
+/// backend), run to completion on the connection's reply thread.
+type Pending = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// The reply thread's inbox, shared with the connection threads and the wakers.
+#[derive(Default)]
+struct Waiting {
+    inbox: Mutex<Inbox>,
+    /// The reply thread, once it runs.
+    thread: OnceLock<Thread>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    /// Requests handed over by the connection threads, not polled by the reply thread yet.
+    new: Vec<Pending>,
+    /// Slots of requests whose waker fired.
+    woken: Vec<usize>,
+    /// Every connection thread has stopped: no request comes any more.
+    closed: bool,
+}
+
+impl Waiting {
+    fn push(&self, f: impl FnOnce(&mut Inbox)) {
+        f(&mut self.inbox.lock());
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Wakes the reply thread to poll the request in `slot` again.
+struct SlotWaker {
+    slot: usize,
+    waiting: Arc<Waiting>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.waiting.push(|i| i.woken.push(self.slot));
+    }
+}
+
+/// The connection's reply thread: polls the requests that had to wait whenever their
+/// wakers fire, and writes the replies of those that are done at once, in one batch, until
+/// the connection threads have stopped and every request has its reply. The waker runs on
+/// the thread that completes the wait (the WAL writer publishing a sync, say), so a reply
+/// takes one thread wake-up to go out, not two (a tokio task, then this thread).
+fn finish_waiting<D>(conn: &Conn<D>) {
+    let waiting = &conn.waiting;
+    // Anything pushed before this is found in the inbox below.
+    let _ = waiting.thread.set(std::thread::current());
+    let mut slots: Vec<Option<(Pending, Waker)>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let (new, woken, closed) = {
+            let mut i = waiting.inbox.lock();
+            (std::mem::take(&mut i.new), std::mem::take(&mut i.woken), i.closed)
+        };
+        if new.is_empty() && woken.is_empty() {
+            if closed && free.len() == slots.len() {
+                return;
+            }
+            // An unpark since the inbox was emptied makes this return at once.
+            std::thread::park();
+            continue;
+        }
+        let mut polled = Vec::with_capacity(new.len() + woken.len());
+        for work in new {
+            let slot = free.pop().unwrap_or_else(|| {
+                slots.push(None);
+                slots.len() - 1
+            });
+            let waker = Waker::from(Arc::new(SlotWaker { slot, waiting: Arc::clone(waiting) }));
+            slots[slot] = Some((work, waker));
+            polled.push(slot);
+        }
+        polled.extend(woken);
+        for slot in polled {
+            // A slot done already (a late or repeated wake-up) is skipped; one reused since
+            // is polled once for nothing.
+            let Some((work, waker)) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+            if let Poll::Ready(frame) = work.as_mut().poll(&mut Context::from_waker(waker)) {
+                frames.push(frame);
+                slots[slot] = None;
+                free.push(slot);
             }
         }
-        conn.reply(&mut batch, None);
+        if !frames.is_empty() {
+            conn.reply(&mut frames, None);
+        }
     }
 }
 
@@ -295,24 +382,17 @@ impl<D: BlockDevice> Conn<D> {
         &'a self,
         taken: &mut Vec<Taken>,
         frames: &mut Vec<Frame>,
-        tx: &mpsc::Sender<Frame>,
         input: Option<MutexGuard<'a, Input>>,
     ) -> Option<MutexGuard<'a, Input>> {
         for t in taken.drain(..) {
             let structured = self.limits.structured;
             let (device, pool) = (Arc::clone(&self.device), Arc::clone(&self.pool));
             let mut work = Box::pin(work::run(device, pool, t.job, t.cookie, structured, t.permit));
-            // A request that must wait becomes a task, which polls it again, so nothing
-            // registered with the no-op waker is missed.
+            // A request that must wait goes to the reply thread, which polls it again, so
+            // nothing registered with the no-op waker is missed.
             match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(frame) => frames.push(frame),
-                Poll::Pending => {
-                    let tx = tx.clone();
-                    self.rt.spawn(async move {
-                        // The reply thread is gone only if the connection is closing.
-                        let _ = tx.send(work.await);
-                    });
-                }
+                Poll::Pending => self.waiting.push(|i| i.new.push(work)),
             }
         }
         if frames.is_empty() {
@@ -486,6 +566,7 @@ impl<D> Conn<D> {
 
     fn reader_left(&self) {
         if self.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waiting.push(|i| i.closed = true);
             self.readers_done.notify_one();
         }
     }
