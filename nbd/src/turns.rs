@@ -26,6 +26,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader, Chain, Cursor, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -272,6 +273,9 @@ struct Inbox {
     new: Vec<Pending>,
     /// Slots of requests whose waker fired.
     woken: Vec<usize>,
+    /// Replies of the requests that ran as tokio tasks, and how many of those still run.
+    done: Vec<Frame>,
+    spawned: usize,
     /// Every connection thread has stopped: no request comes any more.
     closed: bool,
 }
@@ -302,10 +306,12 @@ impl Wake for SlotWaker {
 }
 
 /// The connection's reply thread: polls the requests that had to wait whenever their
-/// wakers fire, and writes the replies of those that are done at once, in one batch, until
-/// the connection threads have stopped and every request has its reply. The waker runs on
-/// the thread that completes the wait (the WAL writer publishing a sync, say), so a reply
-/// takes one thread wake-up to go out, not two (a tokio task, then this thread).
+/// wakers fire, and writes the replies of those that are done at once, in one batch, with
+/// those of the reads that ran as tokio tasks, until the connection threads have stopped
+/// and every request has its reply. The waker runs on the thread that completes the wait
+/// (the WAL writer publishing a sync, say), so a reply takes one thread wake-up to go out,
+/// not two (a tokio task, then this thread). A request that panics here loses its reply,
+/// so it ends the connection; the others still finish, giving back their budget.
 fn finish_waiting<D>(conn: &Conn<D>) {
     let waiting = &conn.waiting;
     // Anything pushed before this is found in the inbox below.
@@ -314,12 +320,13 @@ fn finish_waiting<D>(conn: &Conn<D>) {
     let mut free: Vec<usize> = Vec::new();
     let mut frames: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
     loop {
-        let (new, woken, closed) = {
+        let (new, woken, done, running) = {
             let mut i = waiting.inbox.lock();
-            (std::mem::take(&mut i.new), std::mem::take(&mut i.woken), i.closed)
+            let running = !i.closed || i.spawned > 0;
+            (std::mem::take(&mut i.new), std::mem::take(&mut i.woken), std::mem::take(&mut i.done), running)
         };
-        if new.is_empty() && woken.is_empty() {
-            if closed && free.len() == slots.len() {
+        if new.is_empty() && woken.is_empty() && done.is_empty() {
+            if !running && free.len() == slots.len() {
                 return;
             }
             // An unpark since the inbox was emptied makes this return at once.
@@ -337,15 +344,22 @@ fn finish_waiting<D>(conn: &Conn<D>) {
             polled.push(slot);
         }
         polled.extend(woken);
+        frames.extend(done);
         for slot in polled {
             // A slot done already (a late or repeated wake-up) is skipped; one reused since
             // is polled once for nothing.
             let Some((work, waker)) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-            if let Poll::Ready(frame) = work.as_mut().poll(&mut Context::from_waker(waker)) {
-                frames.push(frame);
-                slots[slot] = None;
-                free.push(slot);
+            let cx = &mut Context::from_waker(waker);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => continue,
+                Ok(Poll::Ready(frame)) => frames.push(frame),
+                Err(_) => {
+                    conn.fail(ConnError::Protocol("a request panicked"));
+                    conn.socket.shutdown(Shutdown::Both);
+                }
             }
+            slots[slot] = None;
+            free.push(slot);
         }
         if !frames.is_empty() {
             conn.reply(&mut frames, None);
@@ -387,11 +401,26 @@ impl<D: BlockDevice> Conn<D> {
         for t in taken.drain(..) {
             let structured = self.limits.structured;
             let (device, pool) = (Arc::clone(&self.device), Arc::clone(&self.pool));
+            // A read that waits (for the backend) has CPU work to do after the wait, such
+            // as decompressing a chunk frame: that runs on tokio's workers, not on the one
+            // reply thread of the connection.
+            let heavy = matches!(t.job, Job::Read { .. } | Job::Cache { .. });
             let mut work = Box::pin(work::run(device, pool, t.job, t.cookie, structured, t.permit));
-            // A request that must wait goes to the reply thread, which polls it again, so
-            // nothing registered with the no-op waker is missed.
+            // A request that must wait is polled again, by the reply thread or a tokio task,
+            // so nothing registered with the no-op waker is missed.
             match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(frame) => frames.push(frame),
+                Poll::Pending if heavy => {
+                    let waiting = Arc::clone(&self.waiting);
+                    waiting.push(|i| i.spawned += 1);
+                    self.rt.spawn(async move {
+                        let frame = work.await;
+                        waiting.push(|i| {
+                            i.done.push(frame);
+                            i.spawned -= 1;
+                        });
+                    });
+                }
                 Poll::Pending => self.waiting.push(|i| i.new.push(work)),
             }
         }

@@ -15,6 +15,8 @@ use crate::testing::{Injected, MemDevice};
 use crate::{Server, ServerConfig};
 
 const SIZE: usize = 32 << 20;
+/// A TRIM at this offset panics in the device, after a wait.
+const PANIC_AT: u64 = 1 << 20;
 
 /// [`MemDevice`], except that FLUSH and FUA writes wait a little first, as a sync would, so
 /// their replies come from a task.
@@ -46,6 +48,10 @@ impl BlockDevice for Waiting {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), Injected> {
+        if offset == PANIC_AT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            panic!("injected: a request that panics after it waited");
+        }
         self.0.trim(offset, len, fua).await
     }
 
@@ -318,6 +324,33 @@ fn garbage_instead_of_a_request_ends_the_connection_with_an_error() {
     let r = ended(&rt, served);
     assert!(matches!(r, Err(crate::ConnError::BadRequestMagic(_))), "{r:?}");
     assert!(client.at_end());
+}
+
+#[test]
+fn a_request_that_panics_after_waiting_ends_the_connection() {
+    let rt = runtime();
+    let server = server(2, ServerConfig::default());
+    let (mut client, served) = connect(&rt, &server);
+    let mut client = bounded(move || {
+        // FUA writes wait too: they are on the reply thread beside the panicking TRIM.
+        for i in 0..8u64 {
+            client.request(CMD_WRITE, CMD_FLAG_FUA, 10 + i, i * 4096, 4096, &block(i));
+        }
+        client.request(CMD_TRIM, 0, 1, PANIC_AT, 4096, &[]);
+        for i in 0..8u64 {
+            client.request(CMD_WRITE, CMD_FLAG_FUA, 20 + i, i * 4096, 4096, &block(i));
+        }
+        client
+    });
+    // The reply thread catches the panic: the connection ends with that error, not with
+    // a dead reply thread's, and it does end.
+    let r = ended(&rt, served);
+    assert!(matches!(r, Err(crate::ConnError::Protocol("a request panicked"))), "{r:?}");
+    let replies = std::iter::from_fn(|| {
+        let mut h = [0u8; 16];
+        client.s.read_exact(&mut h).ok().map(|()| u64::from_be_bytes(h[8..].try_into().expect("8")))
+    });
+    assert!(replies.take(17).all(|cookie| cookie != 1), "no reply for the request that panicked");
 }
 
 #[test]
