@@ -255,8 +255,8 @@ impl<D> Drop for Ending<'_, D> {
     }
 }
 
-/// A request that has to wait in the device (a FLUSH, a strict-mode write, a read from the
-/// backend), run to completion on the connection's reply thread.
+/// A request that has to wait in the device (a FLUSH, a strict-mode write), run to
+/// completion on the connection's reply thread.
 type Pending = Pin<Box<dyn Future<Output = Frame> + Send>>;
 
 /// The reply thread's inbox, shared with the connection threads and the wakers.
