@@ -319,11 +319,15 @@ fn finish_waiting<D>(conn: &Conn<D>) {
     let mut slots: Vec<Option<(Pending, Waker)>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut frames: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    // Swapped with the inbox's each round, so neither side allocates again.
+    let (mut new, mut woken, mut done) = (Vec::new(), Vec::new(), Vec::new());
     loop {
-        let (new, woken, done, running) = {
+        let running = {
             let mut i = waiting.inbox.lock();
-            let running = !i.closed || i.spawned > 0;
-            (std::mem::take(&mut i.new), std::mem::take(&mut i.woken), std::mem::take(&mut i.done), running)
+            std::mem::swap(&mut i.new, &mut new);
+            std::mem::swap(&mut i.woken, &mut woken);
+            std::mem::swap(&mut i.done, &mut done);
+            !i.closed || i.spawned > 0
         };
         if new.is_empty() && woken.is_empty() && done.is_empty() {
             if !running && free.len() == slots.len() {
@@ -333,19 +337,18 @@ fn finish_waiting<D>(conn: &Conn<D>) {
             std::thread::park();
             continue;
         }
-        let mut polled = Vec::with_capacity(new.len() + woken.len());
-        for work in new {
+        frames.append(&mut done);
+        // A new request is polled like a woken one.
+        for work in new.drain(..) {
             let slot = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1
             });
             let waker = Waker::from(Arc::new(SlotWaker { slot, waiting: Arc::clone(waiting) }));
             slots[slot] = Some((work, waker));
-            polled.push(slot);
+            woken.push(slot);
         }
-        polled.extend(woken);
-        frames.extend(done);
-        for slot in polled {
+        for slot in woken.drain(..) {
             // A slot done already (a late or repeated wake-up) is skipped; one reused since
             // is polled once for nothing.
             let Some((work, waker)) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
