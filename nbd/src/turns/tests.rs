@@ -108,6 +108,12 @@ struct Client {
 }
 
 impl Client {
+    /// Two clients on one connection: one to send requests from another thread, one to
+    /// read the replies.
+    fn split(self) -> (Client, Client) {
+        (Client { s: self.s.try_clone().expect("clone") }, self)
+    }
+
     fn negotiate(s: UnixStream) -> Client {
         Self::negotiate_then(s, &[])
     }
@@ -206,8 +212,7 @@ fn pipelined_requests_on_several_threads_are_each_answered_once_and_store_their_
         let server = server(threads, ServerConfig::default());
         let (client, served) = connect(&rt, &server);
         let mut client = bounded(move || {
-            let mut sender = Client { s: client.s.try_clone().expect("clone") };
-            let mut receiver = client;
+            let (mut sender, mut receiver) = client.split();
             // 1000 writes of distinct blocks, FUA on every seventh (answered from a task),
             // and FLUSHes among them, all sent before any reply is read.
             let n = 1000u64;
@@ -250,12 +255,12 @@ fn a_client_past_its_budget_waits_and_loses_nothing() {
     let rt = runtime();
     let config = ServerConfig { max_block: 1 << 20, inflight_bytes: (1 << 20) + 8192, ..ServerConfig::default() };
     let server = server(2, config);
-    let (mut client, served) = connect(&rt, &server);
+    let (client, served) = connect(&rt, &server);
     bounded(move || {
         // Sixteen 1 MiB FUA writes (each takes 2 ms in the device) sent back to back: the
         // budget holds one at a time, so the server must wait for replies to go out before
         // it reads on.
-        let mut sender = Client { s: client.s.try_clone().expect("clone") };
+        let (mut sender, mut client) = client.split();
         let send = std::thread::spawn(move || {
             for i in 0..16u64 {
                 let data: Vec<u8> = (0..1 << 20).map(|j: u64| (i * 3 + j / 4096) as u8).collect();
@@ -385,8 +390,7 @@ fn a_client_that_sends_everything_before_reading_a_reply_is_served() {
         let server = server(threads, ServerConfig::default());
         let (client, served) = connect(&rt, &server);
         let client = bounded(move || {
-            let mut sender = Client { s: client.s.try_clone().expect("clone") };
-            let mut receiver = client;
+            let (mut sender, mut receiver) = client.split();
             let n = 200u64;
             let send = std::thread::spawn(move || {
                 for i in 0..n {
