@@ -32,6 +32,7 @@ use crate::store::index::{BlockState, Entry, Index, Loc};
 use crate::store::lend::{Lender, LEND_MIN_BLOCKS, LEND_RESERVE_BYTES};
 use crate::store::receive::{Receiving, RECEIVE_MIN_BLOCKS};
 use crate::volume_meta::{VolumeMeta, META_FILE, TRANSPORT_RAW, TRANSPORT_YENC};
+use crate::wal::lend;
 use crate::wal::record::{RecordHeader, RecordKind, BLOCK_SIZE, HEADER_LEN};
 use crate::wal::replay::replay;
 use crate::wal::writer::{Op, Shared, WalConfig, Writer};
@@ -946,6 +947,12 @@ impl BlockDevice for Volume {
         if offset % BS == 0 && len % BS == 0 && len / BS >= LEND_MIN_BLOCKS {
             self.check(offset, len)?;
             if let Some(lent) = self.lender.lend(&self.index, offset / BS, len / BS) {
+                return Ok(ReadData::Lent(Box::new(lent)));
+            }
+            let reserved = self.lender.reserve(len as usize);
+            if let Some(lent) =
+                reserved.and_then(|r| lend::lend(&self.index, &self.shared.segments, offset / BS, len / BS, r))
+            {
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
         }

@@ -1088,6 +1088,91 @@ async fn reads_of_blocks_in_memory_are_lent_and_writes_still_never_fail() {
     v.close().await.unwrap();
 }
 
+/// The real file system, without the fault seam: only it maps WAL segments.
+async fn open_mapped(dir: &Path, cfg: VolumeConfig) -> Volume {
+    Volume::open(Arc::new(StdFs), dir, backend(dir), cfg).await.expect("volume opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_blocks_in_the_wal_are_lent_from_the_segment_and_recycling_goes_around_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three 1 MiB segment files at most: with one held by a reply, the writer must recycle
+    // the others, or the writes below stall.
+    let c = VolumeConfig {
+        segment_bytes: 1 << 20,
+        max_wal_segments: 3,
+        spill: SpillConfig::default(),
+        ..cfg(Durability::Strict)
+    };
+    let v = open_mapped(dir.path(), c.clone()).await;
+    let pool = nbd::pool::BufferPool::new(4 << 20);
+    let first = pattern(7, 256 << 10);
+    v.write(0, &first, false).await.unwrap();
+    // Strict mode: the blocks are in the WAL, not in memory, and their pages are resident.
+    let lent = v.read_data(0, pool.get(256 << 10)).await.unwrap();
+    assert!(matches!(lent, nbd::ReadData::Lent(_)), "a whole-block read of WAL blocks is lent");
+    assert_eq!(reply_bytes(&lent), first);
+    // Short and unaligned reads are copied.
+    let d = v.read_data(4096 + 1, pool.get(8 << 10)).await.unwrap();
+    assert!(matches!(d, nbd::ReadData::Copied(_)));
+    assert_eq!(reply_bytes(&d), first[4097..4097 + (8 << 10)]);
+    // 16 MiB of log through 3 files while the reply holds its segment.
+    let work = async {
+        for round in 0..64u64 {
+            v.write(0, &pattern(round + 100, 256 << 10), false).await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("writes stalled: the segment lent to a reply blocks recycling");
+    assert_eq!(reply_bytes(&lent), first, "the lent bytes changed under the reply");
+    drop(lent);
+    // The reply is gone: its segment is recycled like any other.
+    let work = async {
+        for round in 0..32u64 {
+            v.write(0, &pattern(round + 200, 256 << 10), false).await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), work).await.expect("writes after the reply stalled");
+    let d = v.read_data(0, pool.get(256 << 10)).await.unwrap();
+    assert_eq!(reply_bytes(&d), pattern(231, 256 << 10));
+    v.close().await.unwrap();
+    drop(v);
+    let files = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert!(files <= 3, "{files} WAL files: the bound of 3 holds");
+    let v = open_mapped(dir.path(), c).await;
+    assert_eq!(read(&v, 0, 256 << 10).await, pattern(231, 256 << 10), "after restart");
+    v.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn wal_blocks_not_in_the_page_cache_are_read_not_lent() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open_mapped(dir.path(), cfg(Durability::Strict)).await;
+    let pool = nbd::pool::BufferPool::new(4 << 20);
+    let data = pattern(3, 128 << 10);
+    v.write(1 << 20, &data, false).await.unwrap();
+    // Synced, so clean: the kernel can drop the pages, and nothing has mapped them yet.
+    for (_, path) in segments(dir.path()) {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+    }
+    let d = v.read_data(1 << 20, pool.get(128 << 10)).await.unwrap();
+    assert!(matches!(d, nbd::ReadData::Copied(_)), "pages not resident: a send would wait on the disk");
+    assert_eq!(reply_bytes(&d), data);
+    // Read once, they are resident again and the next read is lent.
+    let d = v.read_data(1 << 20, pool.get(128 << 10)).await.unwrap();
+    assert!(matches!(d, nbd::ReadData::Lent(_)));
+    assert_eq!(reply_bytes(&d), data);
+    v.close().await.unwrap();
+}
+
 /// Write `data` as the NBD reader does when the volume lends a buffer: receive it into the
 /// buffer's slices, then hand the buffer back. `None` if the volume lends none.
 async fn write_received(v: &Volume, offset: u64, data: &[u8], fua: bool) -> Option<Result<(), String>> {

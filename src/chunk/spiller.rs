@@ -293,10 +293,14 @@ impl Spiller {
         let target = self.wal.durable_pos();
         let open = self.wal.segments.read().len();
         let crowded = open * 2 >= self.max_segments;
+        // Every segment file taken: the writer waits for one. The high-water mark below
+        // may not see it, when a segment already spilled cannot be reused yet (a reply
+        // still sends from it, `wal::lend`).
+        let full = open >= self.max_segments;
         if target > st.pos {
             let since = *st.behind_since.get_or_insert_with(Instant::now);
-            if urgent || since.elapsed() >= self.cfg.spill_age {
-                // Someone waiting, or an old tail: spill up to the synced end.
+            if urgent || full || since.elapsed() >= self.cfg.spill_age {
+                // Someone waiting, a full WAL, or an old tail: spill up to the synced end.
                 self.spill_to(&mut st, target).await?;
             } else {
                 // Otherwise the sealed segments stay in the WAL until they pass the high-water

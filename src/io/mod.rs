@@ -20,6 +20,12 @@ pub trait File: Send + Sync + 'static {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Current length of the file in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// A read-only shared mapping of the whole file, for replies sent straight from the
+    /// page cache; `Ok(None)` where the file cannot be mapped (then reads use
+    /// [`File::read_exact_at`]). Test seams keep the default, so every read goes through them.
+    fn map_read(&self) -> io::Result<Option<memmap2::Mmap>> {
+        Ok(None)
+    }
 }
 
 /// A directory tree of files.

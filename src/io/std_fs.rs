@@ -67,6 +67,13 @@ impl File for StdFile {
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
+
+    fn map_read(&self) -> io::Result<Option<memmap2::Mmap>> {
+        // SAFETY: the mapping is read-only and the file is never truncated while open
+        // (segments are preallocated and recycled whole), so no access past its end.
+        let map = unsafe { memmap2::MmapOptions::new().map(&self.0)? };
+        Ok(Some(map))
+    }
 }
 
 impl FileSystem for StdFs {

@@ -16,7 +16,8 @@ use super::arena::{Arena, LentSlot};
 use super::index::{BlockState, Index};
 use crate::wal::record::BLOCK_SIZE;
 
-/// Arena bytes set aside for lent reads, on top of the dirty budget.
+/// Bytes lent at once, by the arena (set aside on top of the dirty budget) and by WAL
+/// segment mappings ([`crate::wal::lend`]) together.
 pub const LEND_RESERVE_BYTES: usize = 16 << 20;
 /// Reads shorter than this are copied: for a few blocks the copy is cheaper than lending.
 pub const LEND_MIN_BLOCKS: u64 = 16;
@@ -32,17 +33,23 @@ impl Lender {
         Self { arena, lent: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// Lend blocks `first..first + count` if every one is in memory (Hot) and the reserve
-    /// has room; `None` means read them the ordinary way.
-    pub fn lend(&self, index: &Index, first: u64, count: u64) -> Option<LentBlocks> {
-        let bytes = count as usize * BLOCK_SIZE;
+    /// Set `bytes` aside from the reserve for one reply; `None` when the reserve is spent.
+    /// Dropping the reservation gives them back.
+    pub fn reserve(&self, bytes: usize) -> Option<Reserved> {
         self.lent
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n + bytes <= LEND_RESERVE_BYTES).then_some(n + bytes)
             })
             .ok()?;
+        Some(Reserved { bytes, lent: Arc::clone(&self.lent) })
+    }
+
+    /// Lend blocks `first..first + count` if every one is in memory (Hot) and the reserve
+    /// has room; `None` means read them another way.
+    pub fn lend(&self, index: &Index, first: u64, count: u64) -> Option<LentBlocks> {
         // From here on, dropping `out` gives the bytes back to the reserve.
-        let mut out = LentBlocks { slots: Vec::with_capacity(count as usize), bytes, lent: Arc::clone(&self.lent) };
+        let reserved = self.reserve(count as usize * BLOCK_SIZE)?;
+        let mut out = LentBlocks { slots: Vec::with_capacity(count as usize), _reserved: reserved };
         for b in first..first + count {
             // The index's reference keeps the slot while the index lock is held; the lent
             // slot counts one of its own.
@@ -56,23 +63,27 @@ impl Lender {
     }
 }
 
+/// Bytes of the lending reserve held by one reply.
+pub struct Reserved {
+    bytes: usize,
+    lent: Arc<AtomicUsize>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.lent.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// Blocks lent to one reply; their slots and reserve go back when it is dropped.
 pub struct LentBlocks {
     slots: Vec<LentSlot>,
-    bytes: usize,
-    lent: Arc<AtomicUsize>,
+    _reserved: Reserved,
 }
 
 impl LentBytes for LentBlocks {
     fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
         out.extend(self.slots.iter().map(|s| IoSlice::new(&s[..])));
-    }
-}
-
-impl Drop for LentBlocks {
-    fn drop(&mut self) {
-        self.slots.clear();
-        self.lent.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod durability;
 pub mod hold;
+pub mod lend;
 pub mod prepare;
 pub mod record;
 pub mod replay;

@@ -102,6 +102,11 @@ pub struct Segment {
     /// or those replay accepted in a segment found at start-up. The spill plans from these
     /// and reads back only the records it keeps.
     written: Mutex<Vec<(RecordHeader, u64)>>,
+    /// The file mapped read-only, made on the first read that lends from it.
+    map: std::sync::OnceLock<Option<Arc<memmap2::Mmap>>>,
+    /// Replies that send from `map` now ([`crate::wal::lend`]). The writer does not recycle
+    /// a lent segment: a slow client could hold it for long.
+    lends: std::sync::atomic::AtomicUsize,
 }
 
 impl Segment {
@@ -110,7 +115,15 @@ impl Segment {
     /// tolerate-corruption` is not among them, so the spill never reads it), or the writer's
     /// start-up placeholder, with none.
     pub fn new(id: u64, slot: String, file: Arc<dyn File>, sealed_end: u64, records: Vec<(RecordHeader, u64)>) -> Self {
-        Self { id, slot, file, sealed_end: sealed_end.into(), written: Mutex::new(records) }
+        Self {
+            id,
+            slot,
+            file,
+            sealed_end: sealed_end.into(),
+            written: Mutex::new(records),
+            map: std::sync::OnceLock::new(),
+            lends: 0.into(),
+        }
     }
 
     /// A segment the writer has just opened: it keeps a directory of the records it takes.
@@ -131,11 +144,52 @@ impl Segment {
         w[start..end].to_vec()
     }
 
+    /// Whether a reply sends from the segment's mapping now.
+    pub fn is_lent(&self) -> bool {
+        self.lends.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Count one reply sending from the mapping, until the guard is dropped. Taken only
+    /// while the segment is listed under the segments lock, so a writer that has unlisted
+    /// it sees every lend that can still come.
+    pub fn lend(self: &Arc<Self>) -> SegmentLend {
+        self.lends.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        SegmentLend(Arc::clone(self))
+    }
+
+    /// The segment's bytes as mapped, or `None` if the file cannot be mapped.
+    pub fn mapped(&self) -> Option<&Arc<memmap2::Mmap>> {
+        self.map
+            .get_or_init(|| match self.file.map_read() {
+                Ok(m) => m.map(Arc::new),
+                Err(e) => {
+                    tracing::debug!(slot = %self.slot, error = %e, "mapping a WAL segment failed; reads copy");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     pub fn sealed_end(&self) -> Option<u64> {
         match self.sealed_end.load(std::sync::atomic::Ordering::Acquire) {
             0 => None,
             n => Some(n),
         }
+    }
+}
+
+/// A segment held for a reply that sends from its mapping ([`Segment::lend`]).
+pub struct SegmentLend(Arc<Segment>);
+
+impl SegmentLend {
+    pub fn segment(&self) -> &Segment {
+        &self.0
+    }
+}
+
+impl Drop for SegmentLend {
+    fn drop(&mut self) {
+        self.0.lends.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

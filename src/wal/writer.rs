@@ -973,28 +973,49 @@ impl Writer {
         self.spare = Spare::start(Arc::clone(&self.fs), self.cfg.dir.clone(), name, self.cfg.segment_bytes);
     }
 
+    /// The file of the oldest segment that a durable checkpoint no longer needs and no
+    /// reply is sending from ([`super::lend`]): a slow client holds its segment, and the
+    /// next one is recycled instead.
     fn recycle_oldest(&mut self) -> Option<(String, Arc<dyn File>)> {
-        let (id, seg) = self.shared.segments.read().first_key_value().map(|(&id, s)| (id, Arc::clone(s)))?;
-        if id == self.current.id || id >= self.shared.recyclable_before.load(Ordering::Acquire) {
-            return None;
-        }
-        self.shared.segments.write().remove(&id);
-        // Readers that looked the segment up just before finish first; one that takes too
-        // long keeps the segment for another round.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Arc::strong_count(&seg) > 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        match Arc::try_unwrap(seg) {
-            Ok(s) => {
-                debug!(segment = id, slot = %s.slot, "WAL segment recycled");
-                Some((s.slot, s.file))
+        let before = self.shared.recyclable_before.load(Ordering::Acquire);
+        let candidates: Vec<u64> = self
+            .shared
+            .segments
+            .read()
+            .range(..before)
+            .map(|(&id, _)| id)
+            .filter(|&id| id != self.current.id)
+            .collect();
+        for id in candidates {
+            let seg = {
+                let mut listed = self.shared.segments.write();
+                let seg = listed.remove(&id)?;
+                // Lends are taken only while it is listed: none can come now.
+                if seg.is_lent() {
+                    listed.insert(id, seg);
+                    debug!(segment = id, "WAL segment lent to a reply; recycling the next one");
+                    continue;
+                }
+                seg
+            };
+            // Readers that looked the segment up just before finish first; one that takes
+            // too long keeps the segment for another round.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Arc::strong_count(&seg) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
             }
-            Err(seg) => {
-                self.shared.segments.write().insert(id, seg);
-                None
+            match Arc::try_unwrap(seg) {
+                Ok(s) => {
+                    debug!(segment = id, slot = %s.slot, "WAL segment recycled");
+                    return Some((s.slot, s.file));
+                }
+                Err(seg) => {
+                    self.shared.segments.write().insert(id, seg);
+                    return None;
+                }
             }
         }
+        None
     }
 }
 
