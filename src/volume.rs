@@ -188,6 +188,8 @@ pub struct Volume {
     arena: Arc<Arena>,
     /// Lends runs of in-memory blocks to read replies.
     lender: Lender,
+    /// WAL segments replies may send from at once ([`lend::max_lent_segments`]).
+    max_lent_segments: usize,
     stripes: Box<[Mutex<()>]>,
     next_seq: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -351,6 +353,7 @@ impl Volume {
             index,
             base,
             lender: Lender::new(Arc::clone(&arena)),
+            max_lent_segments: lend::max_lent_segments(cfg.max_wal_segments),
             arena,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_seq,
@@ -950,9 +953,10 @@ impl BlockDevice for Volume {
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
             let reserved = self.lender.reserve(len as usize);
-            if let Some(lent) =
-                reserved.and_then(|r| lend::lend(&self.index, &self.shared.segments, offset / BS, len / BS, r))
-            {
+            let wal = &self.shared.segments;
+            let lent =
+                reserved.and_then(|r| lend::lend(&self.index, wal, offset / BS, len / BS, self.max_lent_segments, r));
+            if let Some(lent) = lent {
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
         }

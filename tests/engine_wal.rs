@@ -1173,6 +1173,36 @@ async fn wal_blocks_not_in_the_page_cache_are_read_not_lent() {
     v.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn at_most_a_quarter_of_the_wal_files_are_lent_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB segments hold at most 3 records of 64 blocks, so 256 KiB pieces 0, 4 and 8 are
+    // in three different segments. 8 files: 2 may be lent at once.
+    let c = VolumeConfig { segment_bytes: 1 << 20, max_wal_segments: 8, ..cfg(Durability::Strict) };
+    let v = open_mapped(dir.path(), c).await;
+    let pool = nbd::pool::BufferPool::new(4 << 20);
+    let piece = 256usize << 10;
+    for i in 0..12u64 {
+        v.write(i * piece as u64, &pattern(i, piece), false).await.unwrap();
+    }
+    let read = |i: u64| v.read_data(i * piece as u64, pool.get(piece));
+    let a = read(0).await.unwrap();
+    let b = read(4).await.unwrap();
+    assert!(matches!(a, nbd::ReadData::Lent(_)) && matches!(b, nbd::ReadData::Lent(_)));
+    let c = read(8).await.unwrap();
+    assert!(matches!(c, nbd::ReadData::Copied(_)), "a third segment lent with a bound of 2");
+    assert_eq!(reply_bytes(&c), pattern(8, piece));
+    let again = read(0).await.unwrap();
+    assert!(matches!(again, nbd::ReadData::Lent(_)), "a segment already lent takes no new place");
+    drop((a, again));
+    let c = read(8).await.unwrap();
+    assert!(matches!(c, nbd::ReadData::Lent(_)), "a place is free again");
+    assert_eq!(reply_bytes(&c), pattern(8, piece));
+    assert_eq!(reply_bytes(&b), pattern(4, piece));
+    drop((b, c));
+    v.close().await.unwrap();
+}
+
 /// Write `data` as the NBD reader does when the volume lends a buffer: receive it into the
 /// buffer's slices, then hand the buffer back. `None` if the volume lends none.
 async fn write_received(v: &Volume, offset: u64, data: &[u8], fua: bool) -> Option<Result<(), String>> {

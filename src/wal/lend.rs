@@ -6,12 +6,17 @@
 //!   the page cache. Sending then neither waits for the disk nor meets a read error halfway
 //!   through a reply (the kernel would fail the send with `EFAULT`, ending the connection).
 //!   Otherwise the read copies as before (`pread`), and a disk error is an `EIO` reply. A
-//!   page the kernel reclaims between the check and the send is read back in by the send.
+//!   page the kernel reclaims between the check and the send is read back in by the send;
+//!   only if that read fails does the connection end (`EFAULT`) instead of an `EIO` reply.
+//!   The server never touches the mapped bytes itself, so a failed read is never a
+//!   `SIGBUS`.
 //! - **The bytes cannot change.** A lent segment is held (its `Arc` and a count,
 //!   [`Segment::lend`]); the writer recycles other segments and leaves it until the reply is
 //!   written. A record's bytes are never rewritten while its segment lives.
 //! - **Bounded.** Lent bytes come out of the same reserve as lent arena blocks
-//!   ([`crate::store::lend::LEND_RESERVE_BYTES`]).
+//!   ([`crate::store::lend::LEND_RESERVE_BYTES`]), and at most a quarter of the WAL's
+//!   segment files are lent at once ([`max_lent_segments`]), so that clients which stop
+//!   reading their replies cannot take every file the writer turns over.
 //! - Test seams do not map files ([`crate::io::File::map_read`]), so faults injected on
 //!   reads still reach every read.
 
@@ -48,13 +53,23 @@ impl LentBytes for WalLent {
     }
 }
 
+/// WAL segments that replies may hold at once, of a WAL of `max_wal_segments` files: a
+/// quarter, at least one. Clients that stop reading their replies hold their segments for
+/// as long as they like; the writer keeps the other files to turn over (the bound is soft:
+/// replies lent at the same moment may each take the last place).
+pub fn max_lent_segments(max_wal_segments: usize) -> usize {
+    (max_wal_segments / 4).max(1)
+}
+
 /// Lend blocks `first..first + count` if every one is a raw block in a WAL segment, in
-/// pages that are resident; `None` means read them another way.
+/// pages that are resident, and the segments they are in are lent already or fit under
+/// `max_segments` lent at once; `None` means read them another way.
 pub fn lend(
     index: &Index,
     segments: &RwLock<BTreeMap<u64, Arc<Segment>>>,
     first: u64,
     count: u64,
+    max_segments: usize,
     reserved: Reserved,
 ) -> Option<WalLent> {
     // Runs of blocks back to back in one segment: (segment, offset, length).
@@ -71,8 +86,18 @@ pub fn lend(
     let mut held = Vec::with_capacity(runs.len());
     {
         let listed = segments.read();
+        // Segments this reply would newly hold, and whether that stays within the bound.
+        let mut newly: Vec<u64> = Vec::new();
         for &(s, _, _) in &runs {
             // Gone: recycled since the index named it, and the block has moved on.
+            if !listed.get(&s)?.is_lent() && !newly.contains(&s) {
+                newly.push(s);
+            }
+        }
+        if !newly.is_empty() && listed.values().filter(|s| s.is_lent()).count() + newly.len() > max_segments {
+            return None;
+        }
+        for &(s, _, _) in &runs {
             held.push(listed.get(&s)?.lend());
         }
     }
