@@ -21,6 +21,9 @@ pub const CACHE_MISSES: &str = "spillway_cache_misses_total";
 pub const BACKEND_ERRORS: &str = "spillway_backend_errors_total";
 pub const BACKEND_RETRIES: &str = "spillway_backend_retries_total";
 pub const WAL_FULL_WAITS: &str = "spillway_wal_full_waits_total";
+/// Bytes of READ replies sent from the volume's own memory without a copy into a buffer, by
+/// `from`: arena (blocks in memory) or wal (a mapping of a WAL segment).
+pub const READ_LENT_BYTES: &str = "spillway_read_lent_bytes_total";
 /// NBD requests served, by `op` (read, write, flush, trim, write_zeroes, block_status).
 pub const NBD_REQUESTS: &str = "spillway_nbd_requests_total";
 /// NBD requests that failed, by `op`.

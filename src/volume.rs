@@ -950,6 +950,7 @@ impl BlockDevice for Volume {
         if offset % BS == 0 && len % BS == 0 && len / BS >= LEND_MIN_BLOCKS {
             self.check(offset, len)?;
             if let Some(lent) = self.lender.lend(&self.index, offset / BS, len / BS) {
+                metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "arena").increment(len);
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
             let reserved = self.lender.reserve(len as usize);
@@ -957,6 +958,7 @@ impl BlockDevice for Volume {
             let lent =
                 reserved.and_then(|r| lend::lend(&self.index, wal, offset / BS, len / BS, self.max_lent_segments, r));
             if let Some(lent) = lent {
+                metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "wal").increment(len);
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
         }

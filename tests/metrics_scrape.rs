@@ -125,6 +125,31 @@ fn metrics_move_with_a_workload() {
 }
 
 #[test]
+fn reads_of_blocks_in_the_wal_are_sent_from_its_mapping() {
+    if !require_tool("nbdcopy") {
+        return;
+    }
+    let addr = free_metrics_addr();
+    // Batched mode, and the default spill age (30 s): after nbdcopy's FLUSH the blocks are
+    // in the WAL, not in memory, and nothing spills them before they are read back.
+    let server = Server::start(&["--metrics-listen", &addr, "--durability", "batched"]);
+    let input = server.dir().join("in.img");
+    let data = pseudo_random_bytes(9, 8 * MIB);
+    std::fs::write(&input, &data).expect("write input");
+    server.run_ok(Command::new("nbdcopy").arg("--flush").arg(&input).arg(server.tcp_uri()));
+    let before = scrape(&addr);
+    let wal = r#"spillway_read_lent_bytes_total{from="wal"}"#;
+    let read = r#"spillway_nbd_bytes_total{op="read"}"#;
+    assert!(server.copy_out(8 * MIB) == data, "the bytes read back differ");
+    let after = scrape(&addr);
+    // nbdcopy reads in whole-block requests of 256 KiB: just written, their pages are in
+    // the page cache, so they go out from the segments' mapping.
+    let lent = value(&after, wal) - value(&before, wal);
+    assert!(lent > 0.0, "no read reply was sent from the WAL's mapping\n{after}");
+    assert!(lent <= value(&after, read) - value(&before, read), "more lent than read\n{after}");
+}
+
+#[test]
 fn dirty_bytes_rise_while_the_wal_is_full_and_drain_after() {
     if !require_tool("nbdcopy") {
         return;
