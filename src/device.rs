@@ -12,7 +12,8 @@ use crate::metrics::OpMetrics;
 use crate::volume::Volume;
 
 pub enum Volumes {
-    Durable(Volume),
+    /// Boxed: a durable volume is far larger than a RAM one, and there is one per export.
+    Durable(Box<Volume>),
     Memory(MemoryVolume),
 }
 

@@ -150,7 +150,7 @@ async fn exports(run: &Run) -> anyhow::Result<Vec<Export<Device>>> {
                 .await
                 .with_context(|| format!("opening volume {name:?} in {}", dir.display()))?;
             (
-                Device::new(Volumes::Durable(v)),
+                Device::new(Volumes::Durable(Box::new(v))),
                 format!("spillway volume {name:?} ({} durability)", args.durability.name()),
             )
         };

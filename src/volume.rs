@@ -190,6 +190,9 @@ pub struct Volume {
     lender: Lender,
     /// WAL segments replies may send from at once ([`lend::max_lent_segments`]).
     max_lent_segments: usize,
+    /// Bytes of read replies lent from the arena and from WAL mappings, registered once.
+    lent_arena_bytes: metrics::Counter,
+    lent_wal_bytes: metrics::Counter,
     stripes: Box<[Mutex<()>]>,
     next_seq: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -354,6 +357,8 @@ impl Volume {
             base,
             lender: Lender::new(Arc::clone(&arena)),
             max_lent_segments: lend::max_lent_segments(cfg.max_wal_segments),
+            lent_arena_bytes: metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "arena"),
+            lent_wal_bytes: metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "wal"),
             arena,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_seq,
@@ -950,7 +955,7 @@ impl BlockDevice for Volume {
         if offset % BS == 0 && len % BS == 0 && len / BS >= LEND_MIN_BLOCKS {
             self.check(offset, len)?;
             if let Some(lent) = self.lender.lend(&self.index, offset / BS, len / BS) {
-                metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "arena").increment(len);
+                self.lent_arena_bytes.increment(len);
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
             let reserved = self.lender.reserve(len as usize);
@@ -958,7 +963,7 @@ impl BlockDevice for Volume {
             let lent =
                 reserved.and_then(|r| lend::lend(&self.index, wal, offset / BS, len / BS, self.max_lent_segments, r));
             if let Some(lent) = lent {
-                metrics::counter!(crate::metrics::READ_LENT_BYTES, "from" => "wal").increment(len);
+                self.lent_wal_bytes.increment(len);
                 return Ok(ReadData::Lent(Box::new(lent)));
             }
         }
