@@ -83,24 +83,22 @@ pub fn lend(
             _ => runs.push((segment, offset, BLOCK_SIZE)),
         }
     }
-    let mut held = Vec::with_capacity(runs.len());
-    {
+    let held: Vec<SegmentLend> = {
         let listed = segments.read();
+        // A segment gone was recycled since the index named it: the block has moved on.
+        let found: Vec<&Arc<Segment>> = runs.iter().map(|(s, _, _)| listed.get(s)).collect::<Option<_>>()?;
         // Segments this reply would newly hold, and whether that stays within the bound.
         let mut newly: Vec<u64> = Vec::new();
-        for &(s, _, _) in &runs {
-            // Gone: recycled since the index named it, and the block has moved on.
-            if !listed.get(&s)?.is_lent() && !newly.contains(&s) {
-                newly.push(s);
+        for seg in found.iter().filter(|seg| !seg.is_lent()) {
+            if !newly.contains(&seg.id) {
+                newly.push(seg.id);
             }
         }
         if !newly.is_empty() && listed.values().filter(|s| s.is_lent()).count() + newly.len() > max_segments {
             return None;
         }
-        for &(s, _, _) in &runs {
-            held.push(listed.get(&s)?.lend());
-        }
-    }
+        found.into_iter().map(Segment::lend).collect()
+    };
     let mut out = WalLent { pieces: Vec::with_capacity(runs.len()), _reserved: reserved };
     for ((_, offset, len), held) in runs.into_iter().zip(held) {
         let map = Arc::clone(held.segment().mapped()?);
