@@ -193,7 +193,11 @@ async fn serve(run: Run) -> anyhow::Result<()> {
     }
     let server = Server::new(
         exports(&run).await?,
-        ServerConfig { connection_threads: args.connection_threads, ..ServerConfig::default() },
+        ServerConfig {
+            connection_threads: args.connection_threads,
+            busy_poll: args.busy_poll,
+            ..ServerConfig::default()
+        },
     )?;
     for e in server.exports() {
         info!(export = %e.name, size = e.device.size(), read_only = e.read_only, "export");

@@ -40,20 +40,21 @@ mod tests {
     }
 }
 
-/// Parse a duration: a number with an optional `ms`, `s` or `m` suffix (bare numbers are
-/// milliseconds).
+/// Parse a duration: a number with an optional `us`, `ms`, `s` or `m` suffix (bare numbers
+/// are milliseconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: expected e.g. 100ms, 2s or 1m"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s or m)")),
+    let us = match unit.trim() {
+        "us" => n,
+        "" | "ms" => n.saturating_mul(1000),
+        "s" => n.saturating_mul(1_000_000),
+        "m" => n.saturating_mul(60_000_000),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use us, ms, s or m)")),
     };
-    Ok(std::time::Duration::from_millis(ms))
+    Ok(std::time::Duration::from_micros(us))
 }
 
 #[cfg(test)]
@@ -67,6 +68,8 @@ mod duration_tests {
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5h").is_err());
     }
@@ -87,7 +90,9 @@ pub fn format_size(n: u64) -> String {
 /// milliseconds; anything finer is dropped).
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms != 0 && ms % 60_000 == 0 {
+    if d.as_micros() % 1000 != 0 {
+        format!("{}us", d.as_micros())
+    } else if ms != 0 && ms % 60_000 == 0 {
         format!("{}m", ms / 60_000)
     } else if ms != 0 && ms % 1000 == 0 {
         format!("{}s", ms / 1000)
@@ -112,5 +117,7 @@ mod format_tests {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{ms}");
         }
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_micros(50)), "50us");
+        assert_eq!(parse_duration(&format_duration(Duration::from_micros(1500))), Ok(Duration::from_micros(1500)));
     }
 }

@@ -57,7 +57,8 @@ fn nbdcopy_round_trip_tcp_single_connection() {
     if !require_tool("nbdcopy") {
         return;
     }
-    let server = Server::start(&["--size", "64M"]);
+    // Busy polling off (`--busy-poll 0`): every other test here serves with it on.
+    let server = Server::start(&["--size", "64M", "--busy-poll", "0"]);
     let data = pseudo_random_bytes(0x5eed_0002, SIZE);
     round_trip(&server, &server.tcp_uri(), &["-C", "1"], &data, "c1");
     server.stop();

@@ -6,6 +6,7 @@
 //! that is generic over a [`BlockDevice`]: on threads that take turns at a socket
 //! ([`Server::serve_socket`]), or on tokio tasks for any stream ([`Server::serve`]).
 
+mod busy_poll;
 pub mod consts;
 pub mod device;
 pub mod errno;

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     /// client that sends everything before it reads needs. At most 64. Default: 2 (on a
     /// 2-vCPU VM, 2 threads matched or beat 4 on every workload of `bench/`).
     pub connection_threads: usize,
+    /// How long a connection thread that finds no request waiting checks the socket before
+    /// it sleeps in `recv` (`busy_poll.rs`: adaptive, at most CPUs - 1 threads at once);
+    /// zero never polls. Only connections served on their own threads poll. Default: 50 us.
+    pub busy_poll: Duration,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +53,7 @@ impl Default for ServerConfig {
             default_export: "default".to_owned(),
             pool_retained_bytes: 64 << 20,
             connection_threads: 2,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }

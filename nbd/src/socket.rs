@@ -53,6 +53,13 @@ impl Stream {
         Ok(self)
     }
 
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> io::Result<Self> {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
@@ -64,10 +71,7 @@ impl Stream {
     /// takes nothing.
     pub(crate) fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         use nix::sys::socket::{sendmsg, MsgFlags};
-        let fd = match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        };
+        let fd = self.raw_fd();
         // Linux takes at most UIO_MAXIOV buffers a call.
         let bufs = &bufs[..bufs.len().min(1024)];
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;

@@ -39,6 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{debug, warn};
 
+use crate::busy_poll::PolledStream;
 use crate::consts::REQUEST_HEADER_LEN;
 use crate::device::BlockDevice;
 use crate::errno::RequestError;
@@ -64,7 +65,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const IDLE_WAIT: Duration = Duration::from_micros(60);
 
 /// The read side: the bytes negotiation had already buffered, then the socket.
-type Input = BufReader<Chain<Cursor<Vec<u8>>, Stream>>;
+type Input = BufReader<Chain<Cursor<Vec<u8>>, PolledStream>>;
 
 /// A request read in a turn, to run once the turn is over.
 struct Taken {
@@ -119,7 +120,10 @@ pub(crate) async fn run<D: BlockDevice>(
         limits,
         budget: Arc::new(Semaphore::new(server.config().inflight_bytes)),
         rt: Handle::current(),
-        input: Mutex::new(BufReader::with_capacity(READ_BUFFER, Cursor::new(held).chain(stream.try_clone()?))),
+        input: Mutex::new(BufReader::with_capacity(
+            READ_BUFFER,
+            Cursor::new(held).chain(PolledStream::new(stream.try_clone()?, server.config().busy_poll)),
+        )),
         output: Mutex::new(stream.try_clone()?),
         queued: Mutex::new(Vec::new()),
         socket: stream,
