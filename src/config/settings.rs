@@ -217,7 +217,7 @@ pub struct SettingsArgs {
     /// socket before it sleeps (us, ms): on a VM a sleeping thread is slow to wake, and a
     /// busy client sends its next request within microseconds. Adaptive (a client slower
     /// than this is not polled for), and at most one thread fewer than the CPUs polls at
-    /// once; 0 turns it off. [default: 50us]
+    /// once; 0 turns it off (so does --connection-threads 0). [default: 50us]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub busy_poll: Option<Duration>,
