@@ -218,11 +218,13 @@ fn take_turns<D: BlockDevice>(conn: &Conn<D>) {
                 Ok(false) => conn.closing.store(true, Ordering::Release),
                 Err(e) => conn.fail(e),
             }
+            let large = taken.iter().any(|t| t.large);
+            input.get_mut().get_mut().1.set_bulk(large);
             // While requests come faster than IDLE_WAIT apart, the turn is kept: one thread
             // reading, running and replying in batches costs less than handing the socket
             // over. Large payloads are let go, so the next one is received while this one
             // is copied.
-            let busy = waited < IDLE_WAIT && !taken.iter().any(|t| t.large);
+            let busy = waited < IDLE_WAIT && !large;
             if !busy {
                 drop(input);
                 conn.run(&mut taken, &mut frames, None);
