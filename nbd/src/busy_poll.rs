@@ -13,6 +13,9 @@
 //! window (a strict-mode write waits for the disk before its reply; an idle mount) costs
 //! one window, not one per request.
 //!
+//! Not for bulk: after a request with a large payload the connection does not poll (see
+//! [`PolledStream::set_bulk`]).
+//!
 //! Bounded: at most one thread fewer than the CPUs this process may run on polls at a
 //! time, process wide, so polling never takes the last CPU from the client and the rest
 //! of the server. On one CPU nothing polls.

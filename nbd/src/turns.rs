@@ -19,6 +19,9 @@
 //!   (`bench/README.md`). For large payloads the next one is received while this one is
 //!   copied.
 //!
+//! A thread that finds nothing to read polls the socket for a short while before it sleeps
+//! in `recv` ([`crate::busy_poll`]), so a client at a steady pace rarely has to wake it.
+//!
 //! Payload in flight is bounded per connection by a semaphore counted in bytes: a thread
 //! that finds it spent waits, holding the read side, so a flooding client waits on TCP. It
 //! never waits while holding requests it has read, whose replies may be what frees it.
