@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, recvmsg, MsgFlags};
 
+use crate::receive::MAX_IOV;
 use crate::socket::Stream;
 
 /// The places to poll from, process wide.
@@ -150,8 +151,7 @@ impl Read for PolledStream {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
-        // Linux takes at most UIO_MAXIOV buffers a call.
-        let n = bufs.len().min(1024);
+        let n = bufs.len().min(MAX_IOV);
         let polled = self.poll(|fd| recvmsg::<()>(fd, &mut bufs[..n], None, MsgFlags::MSG_DONTWAIT).map(|m| m.bytes));
         if let Some(r) = polled {
             return r;

@@ -7,8 +7,8 @@ use std::io::{self, IoSliceMut, Read};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-/// The most buffers one vectored read takes (Linux's `UIO_MAXIOV` is 1024).
-const MAX_IOV: usize = 1024;
+/// The most buffers one vectored read or write takes (Linux's `UIO_MAXIOV` is 1024).
+pub(crate) const MAX_IOV: usize = 1024;
 
 /// A connection's read half. Sockets read into many buffers with one call; other streams
 /// (in-memory pipes in tests) fill one buffer a call, which is as correct, only slower.

@@ -72,8 +72,7 @@ impl Stream {
     pub(crate) fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         use nix::sys::socket::{sendmsg, MsgFlags};
         let fd = self.raw_fd();
-        // Linux takes at most UIO_MAXIOV buffers a call.
-        let bufs = &bufs[..bufs.len().min(1024)];
+        let bufs = &bufs[..bufs.len().min(crate::receive::MAX_IOV)];
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         sendmsg::<()>(fd, bufs, &[], flags, None).map_err(io::Error::from)
     }
