@@ -86,8 +86,8 @@ pub fn format_size(n: u64) -> String {
     n.to_string()
 }
 
-/// A duration the way [`parse_duration`] reads it: `30s`, `1m`, `250ms` (whole
-/// milliseconds; anything finer is dropped).
+/// A duration the way [`parse_duration`] reads it: `30s`, `1m`, `250ms`, `50us` (whole
+/// microseconds; anything finer is dropped).
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if d.as_micros() % 1000 != 0 {
