@@ -99,6 +99,11 @@ impl PolledStream {
         self.bulk = bulk;
     }
 
+    /// What [`PolledStream::set_bulk`] last said.
+    pub(crate) fn bulk(&self) -> bool {
+        self.bulk
+    }
+
     /// Try `attempt` (a non-blocking read) until it takes something or the window passes.
     /// `None`: nothing came, or this connection or the machine does not poll now.
     fn poll<T>(&mut self, mut attempt: impl FnMut(RawFd) -> nix::Result<T>) -> Option<io::Result<T>> {

@@ -69,6 +69,8 @@ const IDLE_WAIT: Duration = Duration::from_micros(60);
 
 /// The read side: the bytes negotiation had already buffered, then the socket.
 type Input = BufReader<Chain<Cursor<Vec<u8>>, PolledStream>>;
+/// A request header's bytes.
+type Header = [u8; REQUEST_HEADER_LEN];
 
 /// A request read in a turn, to run once the turn is over.
 struct Taken {
@@ -209,14 +211,14 @@ fn take_turns<D: BlockDevice>(conn: &Conn<D>) {
             if conn.closing.load(Ordering::Acquire) {
                 break 'turns;
             }
-            let waited = match conn.wait_for_request(&mut input) {
+            let (waited, first) = match conn.wait_for_request(&mut input) {
                 Ok(w) => w,
                 Err(e) => {
                     conn.fail(e.into());
                     break 'turns;
                 }
             };
-            match conn.read_turn(&mut input, &mut taken, &mut frames) {
+            match conn.read_turn(&mut input, first, &mut taken, &mut frames) {
                 Ok(true) => {}
                 Ok(false) => conn.closing.store(true, Ordering::Release),
                 Err(e) => conn.fail(e),
@@ -387,17 +389,31 @@ fn need(checked: &Result<Command, RequestError>) -> u32 {
 
 impl<D: BlockDevice> Conn<D> {
     /// Wait until the socket has bytes for the next request, or the stream ends; how long
-    /// the wait was.
-    fn wait_for_request(&self, input: &mut Input) -> std::io::Result<Duration> {
+    /// the wait was, and the next request's header if it was read on its own.
+    ///
+    /// After requests with large payloads the header is read alone, straight from the
+    /// socket: filling the buffer would take up to [`READ_BUFFER`] of the payload behind it,
+    /// which would then be copied a second time, from the buffer into the device's memory.
+    /// Otherwise the buffer is filled, so that a run of small requests costs one read.
+    fn wait_for_request(&self, input: &mut Input) -> std::io::Result<(Duration, Option<Header>)> {
         if !input.buffer().is_empty() {
-            return Ok(Duration::ZERO);
+            return Ok((Duration::ZERO, None));
         }
         let start = Instant::now();
+        if input.get_ref().get_ref().1.bulk() {
+            let mut hdr = [0u8; REQUEST_HEADER_LEN];
+            return match input.get_mut().read_exact(&mut hdr) {
+                Ok(()) => Ok((start.elapsed(), Some(hdr))),
+                // The stream ended: `read_turn` finds that out from the empty buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok((start.elapsed(), None)),
+                Err(e) => Err(e),
+            };
+        }
         loop {
             match input.fill_buf() {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
-                Ok(_) => return Ok(start.elapsed()),
+                Ok(_) => return Ok((start.elapsed(), None)),
             }
         }
     }
@@ -446,12 +462,21 @@ impl<D: BlockDevice> Conn<D> {
     /// budget, then every further one whose header is already buffered and whose budget is
     /// free, up to a batch. It never waits for budget while holding requests: their replies
     /// may be what frees it. `Ok(false)` once the client is done.
-    fn read_turn(&self, input: &mut Input, taken: &mut Vec<Taken>, frames: &mut Vec<Frame>) -> Result<bool, ConnError> {
+    fn read_turn(
+        &self,
+        input: &mut Input,
+        first: Option<Header>,
+        taken: &mut Vec<Taken>,
+        frames: &mut Vec<Frame>,
+    ) -> Result<bool, ConnError> {
         let mut hdr = [0u8; REQUEST_HEADER_LEN];
-        match input.read_exact(&mut hdr) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e.into()),
+        match first {
+            Some(h) => hdr = h,
+            None => match input.read_exact(&mut hdr) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(e.into()),
+            },
         }
         let mut h = decode_header(&hdr)?;
         let mut checked = validate(&h, &self.limits);

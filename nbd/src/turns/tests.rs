@@ -430,3 +430,57 @@ fn one_connection_thread_alone_is_refused() {
             .is_ok());
     }
 }
+
+#[test]
+fn large_and_small_requests_mixed_in_one_stream_each_land_where_they_were_sent() {
+    // After a request with a large payload the next header is read on its own, straight
+    // from the socket; after small ones the buffer is filled. Alternate the two, all sent
+    // before any reply is read, so each switch happens with bytes of the next requests
+    // already waiting: a header read the wrong way would take payload bytes for a header.
+    let rt = runtime();
+    for threads in [2, 3] {
+        let server = server(threads, ServerConfig::default());
+        let (client, served) = connect(&rt, &server);
+        let mut client = bounded(move || {
+            let (mut sender, mut receiver) = client.split();
+            let big = |i: u64| -> Vec<u8> { (0..256u64 << 10).map(|j| (i * 5 + j / 4096 + j % 251) as u8).collect() };
+            // Large writes (256 KiB, the least that counts as large) at 256 KiB steps from 0;
+            // small ones from 16 MiB.
+            let plan: Vec<(u64, bool)> = (0..48u64).map(|i| (i, i % 3 != 1 && i % 5 != 2)).collect();
+            let sent = plan.clone();
+            let send = std::thread::spawn(move || {
+                for &(i, large) in &sent {
+                    if large {
+                        sender.request(CMD_WRITE, 0, i, i << 18, 256 << 10, &big(i));
+                    } else {
+                        sender.request(CMD_WRITE, 0, i, (16 << 20) + i * 4096, 4096, &block(i));
+                        sender.request(CMD_FLUSH, 0, 1000 + i, 0, 0, &[]);
+                    }
+                }
+            });
+            let replies = plan.iter().map(|&(_, large)| if large { 1 } else { 2 }).sum::<usize>();
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..replies {
+                let (err, cookie) = receiver.reply();
+                assert_eq!(err, 0, "request {cookie}");
+                assert!(seen.insert(cookie), "request {cookie} answered twice");
+            }
+            send.join().expect("sender");
+            for &(i, large) in &plan {
+                if large {
+                    assert!(receiver.read(2000 + i, i << 18, 256 << 10) == big(i), "large write {i}");
+                } else {
+                    assert_eq!(receiver.read(2000 + i, (16 << 20) + i * 4096, 4096), block(i), "small write {i}");
+                }
+            }
+            // A DISC right behind a large write is read on its own too, and ends the
+            // connection cleanly.
+            receiver.request(CMD_WRITE, 0, 3000, 0, 256 << 10, &big(99));
+            receiver.request(CMD_DISC, 0, 3001, 0, 0, &[]);
+            assert_eq!(receiver.reply(), (0, 3000));
+            receiver
+        });
+        assert!(client.at_end(), "the server closes after DISC");
+        ended(&rt, served).expect("connection ends cleanly");
+    }
+}
