@@ -19,6 +19,10 @@
 //!   (`bench/README.md`). For large payloads the next one is received while this one is
 //!   copied.
 //!
+//! After a turn that read a large payload, the next header is read alone, not by filling
+//! the receive buffer, so that the payload behind it is not copied twice
+//! ([`Conn::wait_for_request`]).
+//!
 //! A thread that finds nothing to read polls the socket for a short while before it sleeps
 //! in `recv` ([`crate::busy_poll`]), so a client at a steady pace rarely has to wake it.
 //!
