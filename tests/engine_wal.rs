@@ -1216,6 +1216,18 @@ async fn write_received(v: &Volume, offset: u64, data: &[u8], fua: bool) -> Opti
     Some(v.write_received(offset, buf, fua).await.map_err(|e| e.to_string()))
 }
 
+/// [`write_received`], waiting while the dirty budget is spent: `write_buffer` does not
+/// wait (a server then copies through a buffer of its own), and writes copied just before
+/// may still hold the budget until the log writer has taken them.
+async fn write_received_when_lent(v: &Volume, offset: u64, data: &[u8], fua: bool) -> Result<(), String> {
+    loop {
+        match write_received(v, offset, data, fua).await {
+            Some(r) => return r,
+            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn writes_received_into_the_arena_read_back_and_a_broken_one_gives_its_slots_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -1243,7 +1255,7 @@ async fn writes_received_into_the_arena_read_back_and_a_broken_one_gives_its_slo
             for mib in 0..64u64 {
                 let data = pattern(pass * 100 + mib, 1 << 20);
                 if mib % 2 == 0 {
-                    write_received(&v, mib << 20, &data, false).await.expect("a buffer is lent").unwrap();
+                    write_received_when_lent(&v, mib << 20, &data, false).await.unwrap();
                 } else {
                     v.write(mib << 20, &data, false).await.unwrap();
                 }
@@ -1255,7 +1267,10 @@ async fn writes_received_into_the_arena_read_back_and_a_broken_one_gives_its_slo
         assert_eq!(read(&v, mib << 20, 1 << 20).await, pattern(200 + mib, 1 << 20), "MiB {mib}");
     }
     // A FUA write received this way is durable at once; the rest after the FLUSH.
-    write_received(&v, 64 << 20, &pattern(7, 64 * BS), true).await.expect("a buffer is lent").unwrap();
+    tokio::time::timeout(Duration::from_secs(120), write_received_when_lent(&v, 64 << 20, &pattern(7, 64 * BS), true))
+        .await
+        .expect("a buffer is lent within 120 s")
+        .unwrap();
     v.flush().await.unwrap();
     v.close().await.unwrap();
     let (v, _) = open(dir.path(), c).await;
