@@ -180,6 +180,11 @@ impl VolumeConfig {
 pub struct Volume {
     size: u64,
     durability: Durability,
+    /// Note each written block's CRC32C as it is staged, while it is in the cache
+    /// ([`Arena::fill_summed`]): in strict and batched modes, where blocks go to the WAL
+    /// soon, as raw records. (Relaxed and async modes hold writes back and may never log
+    /// a rewritten block; LZ4 records checksum their compressed bytes.)
+    sum_blocks: bool,
     shared: Arc<Shared>,
     /// Blocks whose newest version is in memory or in the WAL (or a trim not yet spilled).
     index: Arc<Index>,
@@ -352,6 +357,8 @@ impl Volume {
         Ok(Self {
             size: meta.size,
             durability: cfg.durability,
+            sum_blocks: matches!(cfg.durability, Durability::Strict | Durability::Batched)
+                && cfg.wal_compress != WalCompress::Lz4,
             shared,
             index,
             base,
@@ -657,7 +664,7 @@ impl Volume {
                 let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
                 let at = (lo - block_start) as usize;
                 // Two references: the index's and the WAL queue's.
-                let slot = self.arena.fill(fresh, 2, |d| {
+                let slot = self.fill(fresh, |d| {
                     if piece.len() < BLOCK_SIZE {
                         // A partial block: its old bytes around the piece (zeroes if none).
                         match edges.iter().find(|e| e.0 == b) {
@@ -687,12 +694,21 @@ impl Volume {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             // Two references: the index's and the WAL queue's.
             let slots: Vec<SlotId> =
-                fresh.by_ref().take(MAX_RECORD_BLOCKS as usize).map(|f| self.arena.fill(f, 2, |_| {})).collect();
+                fresh.by_ref().take(MAX_RECORD_BLOCKS as usize).map(|f| self.fill(f, |_| {})).collect();
             let n = slots.len() as u64;
             lsn = self.stage_run(seq, run, slots, fua)?;
             run += n;
         }
         Ok(lsn)
+    }
+
+    /// Publish a staged block with two references, the index's and the WAL queue's.
+    fn fill(&self, fresh: Fresh, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) -> SlotId {
+        if self.sum_blocks {
+            self.arena.fill_summed(fresh, 2, f)
+        } else {
+            self.arena.fill(fresh, 2, f)
+        }
     }
 
     /// Put one record's run of published slots (two references each) in the index and the

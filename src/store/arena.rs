@@ -16,7 +16,7 @@
 use std::cell::UnsafeCell;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -58,7 +58,13 @@ struct Slab {
     /// Owns the blocks' memory; unmapped with the slab.
     _map: memmap2::MmapMut,
     refs: Box<[AtomicU32]>,
+    /// Each slot's CRC32C with [`SUM_KNOWN`] set, if [`Arena::fill_summed`] wrote it; 0
+    /// otherwise.
+    sums: Box<[AtomicU64]>,
 }
+
+/// Set in a slot's `sums` entry when the low 32 bits are its CRC32C.
+const SUM_KNOWN: u64 = 1 << 32;
 
 // SAFETY: `data` points into `_map`, which the slab owns and which lives as long as it;
 // the blocks themselves are `Sync` (see `Block`).
@@ -69,7 +75,12 @@ impl Slab {
     fn new() -> std::io::Result<Self> {
         let mut map = memmap2::MmapMut::map_anon(SLAB_BYTES)?;
         let data = NonNull::new(map.as_mut_ptr().cast::<Block>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
-        Ok(Self { data, _map: map, refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect() })
+        Ok(Self {
+            data,
+            _map: map,
+            refs: (0..SLOTS_PER_SLAB).map(|_| AtomicU32::new(0)).collect(),
+            sums: (0..SLOTS_PER_SLAB).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     fn block(&self, idx: usize) -> &Block {
@@ -143,13 +154,34 @@ impl Arena {
 
     /// Write a fresh slot and publish it holding `refs` references (at least one).
     pub fn fill(&self, slot: Fresh, refs: u32, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) -> SlotId {
+        self.publish(slot, refs, false, f)
+    }
+
+    /// [`Self::fill`], and note the slot's CRC32C ([`Self::sum`]) while its bytes are still
+    /// in the cache: for blocks on their way to the WAL, whose record checksum is then
+    /// made from its blocks' sums rather than by reading them again.
+    pub fn fill_summed(&self, slot: Fresh, refs: u32, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) -> SlotId {
+        self.publish(slot, refs, true, f)
+    }
+
+    fn publish(&self, slot: Fresh, refs: u32, summed: bool, f: impl FnOnce(&mut [u8; BLOCK_SIZE])) -> SlotId {
         let id = slot.0;
         // SAFETY: `Fresh` is the only way to the slot (its count is zero, so no reader can
         // take a reference), and it is consumed here.
-        f(unsafe { &mut *self.block(id).0.get() });
-        // Release: whoever counts a reference from here on sees the bytes.
+        let bytes = unsafe { &mut *self.block(id).0.get() };
+        f(bytes);
+        let sum = if summed { SUM_KNOWN | u64::from(crate::crc::crc32c(bytes)) } else { 0 };
+        self.slab(id).sums[id.idx()].store(sum, Ordering::Relaxed);
+        // Release: whoever counts a reference from here on sees the bytes and the sum.
         self.refs(id).store(refs.max(1), Ordering::Release);
         id
+    }
+
+    /// The CRC32C of a slot the caller holds a reference to, if it was filled with
+    /// [`Self::fill_summed`].
+    pub fn sum(&self, id: SlotId) -> Option<u32> {
+        let s = self.slab(id).sums[id.idx()].load(Ordering::Relaxed);
+        (s & SUM_KNOWN != 0).then_some(s as u32)
     }
 
     /// The bytes of a fresh slot, for its owner to write before [`Self::fill`] publishes it.
@@ -295,6 +327,21 @@ mod tests {
         assert_eq!(a.fill(again, 1, |b| b.fill(9)), ids[3], "freed slot is reused");
         assert_eq!(a.read(ids[3]).unwrap()[0], 9);
         assert_eq!(a.resident_bytes(), SLAB_BYTES);
+    }
+
+    #[test]
+    fn a_summed_slot_knows_its_checksum_until_it_is_filled_again() {
+        let a = Arena::new(SLAB_BYTES);
+        let id = a.fill_summed(a.alloc().unwrap(), 1, |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8));
+        let bytes = a.read(id).unwrap().to_vec();
+        assert_eq!(a.sum(id), Some(crate::crc::crc32c(&bytes)));
+        // Freed and filled without a sum: the old one must not stay behind.
+        a.release(id);
+        let again = a.fill(a.alloc().unwrap(), 1, |b| b.fill(3));
+        assert_eq!(again, id, "the freed slot is reused");
+        assert_eq!(a.sum(again), None);
+        let zero = a.fill_summed(a.alloc().unwrap(), 1, |b| b.fill(0));
+        assert_eq!(a.sum(zero), Some(crate::crc::crc32c(&[0u8; BLOCK_SIZE])));
     }
 
     #[test]

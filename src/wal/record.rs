@@ -22,7 +22,7 @@
 //! bytes. It is followed by zero bytes up to a 16-byte boundary, which the checksum does not
 //! cover, so that every record starts on a 16-byte boundary as replay's search expects.
 
-use crate::crc::Crc32c;
+use crate::crc::{crc32c, crc32c_extend_block, Crc32c};
 use thiserror::Error;
 
 pub const RECORD_MAGIC: u32 = 0x5257_5053;
@@ -115,6 +115,27 @@ impl RecordHeader {
     /// Encode, with the checksum over the header and `payload` (which must be `data_len`
     /// bytes, possibly in several pieces).
     pub fn encode(&self, payload: &[&[u8]]) -> [u8; HEADER_LEN] {
+        let mut b = self.fields();
+        let mut crc = Crc32c::new();
+        crc.update(&b[..44]);
+        for p in payload {
+            crc.update(p);
+        }
+        b[44..48].copy_from_slice(&crc.finish().to_le_bytes());
+        b
+    }
+
+    /// [`Self::encode`] for a payload of whole 4 KiB blocks, from each block's CRC32C
+    /// (in order) rather than the blocks: the same bytes.
+    pub fn encode_from_block_sums(&self, sums: &[u32]) -> [u8; HEADER_LEN] {
+        let mut b = self.fields();
+        let crc = sums.iter().fold(crc32c(&b[..44]), |c, &s| crc32c_extend_block(c, s));
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// The header's bytes but the checksum.
+    fn fields(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         let (kind, flags) = match self.kind {
@@ -130,12 +151,6 @@ impl RecordHeader {
         b[32..36].copy_from_slice(&self.count.to_le_bytes());
         b[36..40].copy_from_slice(&self.data_len.to_le_bytes());
         b[40..44].copy_from_slice(&self.synced_to.to_le_bytes());
-        let mut crc = Crc32c::new();
-        crc.update(&b[..44]);
-        for p in payload {
-            crc.update(p);
-        }
-        b[44..48].copy_from_slice(&crc.finish().to_le_bytes());
         b
     }
 
@@ -244,6 +259,23 @@ mod tests {
         assert_eq!(RecordHeader::verify(&b, &payload), Ok(()));
         assert_eq!(h.total_len(), 48 + 32, "the payload is padded to 16 bytes on disk");
         assert!(h.is_compressed() && !RecordHeader::data(3, 1, 9, 2, 0).is_compressed());
+    }
+
+    #[test]
+    fn a_data_header_from_block_sums_is_the_header_from_the_blocks() {
+        for count in [1usize, 2, 7] {
+            let raw: Vec<u8> = (0..count * BLOCK_SIZE).map(|i| (i * 7 + i / 4093) as u8).collect();
+            let blocks: Vec<&[u8]> = raw.chunks(BLOCK_SIZE).collect();
+            let sums: Vec<u32> = blocks.iter().map(|b| crc32c(b)).collect();
+            let h = RecordHeader::data(4, 0x0303, 11, count as u32, 12_288);
+            let b = h.encode_from_block_sums(&sums);
+            assert_eq!(b, h.encode(&blocks), "{count} blocks");
+            assert_eq!(RecordHeader::verify(&b, &raw), Ok(()));
+            // One block's sum wrong: the header's checksum no longer verifies.
+            let mut bad = sums.clone();
+            bad[count - 1] ^= 1;
+            assert!(RecordHeader::verify(&h.encode_from_block_sums(&bad), &raw).is_err());
+        }
     }
 
     #[test]

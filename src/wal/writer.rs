@@ -713,14 +713,21 @@ impl Writer {
         let raw_len = slots.len() * BLOCK_SIZE;
         self.data_bytes_metric.increment(raw_len as u64);
         if !self.cfg.compress_lz4 {
-            // The blocks are checksummed here and written from the arena, not copied. (The
-            // item holds references to its slots.)
-            let guards =
-                slots.iter().map(|&s| self.shared.arena.read(s)).collect::<Result<Vec<_>, _>>().map_err(arena_error)?;
-            let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
-            self.buf.push_bytes(&header.encode(&pieces));
-            drop(pieces);
-            drop(guards);
+            // The blocks are written from the arena, not copied. (The item holds references
+            // to its slots.) The checksum comes from the blocks' own, taken when they were
+            // received (`Arena::fill_summed`); blocks without one are read for it here.
+            let sums: Option<Vec<u32>> = slots.iter().map(|&s| self.shared.arena.sum(s)).collect();
+            if let Some(sums) = sums {
+                self.buf.push_bytes(&header.encode_from_block_sums(&sums));
+            } else {
+                let guards = slots
+                    .iter()
+                    .map(|&s| self.shared.arena.read(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(arena_error)?;
+                let pieces: Vec<&[u8]> = guards.iter().map(|g| &g[..]).collect();
+                self.buf.push_bytes(&header.encode(&pieces));
+            }
             for &s in slots {
                 self.buf.push_slot(s);
             }
