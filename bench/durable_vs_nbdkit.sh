@@ -25,6 +25,14 @@
 # it as a ratio to the peer next to spillway's, so a row whose ceiling is
 # below TARGET cannot meet TARGET by storage work alone.
 #
+# With DISK_ALONE=1 (the default) each round also runs the strict pairing's write
+# workloads with no NBD server at all: fio's psync engine on the data disk, one
+# job per request in flight, each job writing a file of its own and calling
+# fdatasync after every write, the way nbdkit with fuamode=force serves each
+# request. For the 1 MiB row that is the best durable pattern found for this
+# disk (bench/README.md); group commit makes fewer syncs, so for 4 KiB rows it
+# is the peer's pattern, not a bound on spillway.
+#
 # Environment (see also bench/durable_lib.sh):
 #   ROUNDS=3         rounds
 #   RUNTIME=10       seconds per timed fio run
@@ -36,6 +44,7 @@
 #   RETRIES=2        a run whose fio fails (e.g. an I/O error) is retried on a fresh
 #                    server this many times; failed attempts are kept and counted
 #   CEILING=1        0 skips the nbdkit null runs
+#   DISK_ALONE=1     0 skips the strict write workloads' runs of fio alone on the disk
 #   DISK_PROBE=1     0 skips the 3 s fdatasync-latency probe of the data disk
 #   DATA_ROOT=...    where the data goes (default: the results dir, real disk)
 #   SETTLE, SKIP_BUILD, SPILLWAY, SPILLWAY_LOG, LOCK, LOAD_MAX, LOAD_WAIT
@@ -58,6 +67,7 @@ SIZE=${SIZE:-1G}
 TARGET=${TARGET:-1.25}
 DISK_PROBE=${DISK_PROBE:-1}
 CEILING=${CEILING:-1}
+DISK_ALONE=${DISK_ALONE:-1}
 RETRIES=${RETRIES:-2}
 # The read workloads write 512 MiB first; with every write synced that can be slow.
 FIO_TIMEOUT=${FIO_TIMEOUT:-$((RUNTIME * 2 + 300))}
@@ -87,6 +97,7 @@ make_out durable-vs-nbdkit
 snapshot_spillway
 for p in "${PL[@]}"; do mkdir -p "$OUT/raw/$p"; done
 [[ $CEILING == 0 ]] || mkdir -p "$OUT/raw/ceiling"
+[[ $DISK_ALONE == 0 ]] || mkdir -p "$OUT/raw/disk"
 
 CMD="ROUNDS=$ROUNDS RUNTIME=$RUNTIME RETRIES=$RETRIES PAIRINGS=\"${PL[*]}\" WORKLOADS=\"${WL[*]}\" ORDER=$ORDER SIZE=$SIZE PIN=$PIN CEILING=$CEILING $0"
 {
@@ -232,6 +243,37 @@ run_one() {
     [[ $1 == ceiling ]] || FAILED=$((FAILED + 1))
 }
 
+# run_disk WORKLOAD ROUND: a strict write workload's pattern with fio alone on the
+# data disk (see DISK_ALONE above); other workloads are skipped. Context, like the
+# ceiling: a failure is noted, never fatal.
+run_disk() {
+    local w=$1 r=$2 rw bs qd dir rc=0
+    [[ $w =~ ^(rand|seq)write-([0-9]+[km])-qd([0-9]+)$ ]] || return 0
+    rw=write
+    [[ ${BASH_REMATCH[1]} == seq ]] || rw=randwrite
+    bs=${BASH_REMATCH[2]} qd=${BASH_REMATCH[3]}
+    local json="$OUT/raw/disk/$w.r$r.disk.json" flog="$OUT/logs/disk.$w.r$r.fio.log"
+    dir=$(fresh_run_dir)
+    # The same 512 MiB as the NBD runs, split between the jobs.
+    timeout --signal=TERM --kill-after=10 "$FIO_TIMEOUT" "${PIN_FIO[@]}" \
+        fio --name=disk-alone --directory="$dir" --ioengine=psync --rw="$rw" --bs="$bs" \
+        --numjobs="$qd" --size=$((512 / qd))m --fdatasync=1 --randrepeat=1 --norandommap=1 \
+        --time_based=1 --runtime="$RUNTIME" --group_reporting=1 \
+        --output-format=json --output="$json" --eta=never </dev/null >"$flog" 2>&1 {LOCK_FD}>&- || rc=$?
+    remove_run_data "$dir"
+    if ((rc != 0)); then
+        echo "- disk/$w.r$r: fio alone on the disk failed (exit $rc), see logs/disk.$w.r$r.fio.log" >>"$OUT/notes.md"
+        [[ -f $json ]] && mv "$json" "$json.failed"
+        return 0
+    fi
+    local summary iops mibs
+    summary=$("$PYTHON" "$HERE/durable_summarize.py" one "$json" 2>>"$flog") || return 0
+    read -r iops mibs _ <<<"$summary"
+    printf '[round %d/%d] %-7s %-18s %-8s %9s IOPS %8s MiB/s  (fio alone on the data disk, %s jobs, fdatasync per write)\n' \
+        "$r" "$ROUNDS" disk "$w" fio "$iops" "$mibs" "$qd"
+    sleep "$SETTLE"
+}
+
 for ((r = 1; r <= ROUNDS; r++)); do
     for p in "${PL[@]}"; do
         for w in "${WL[@]}"; do
@@ -245,6 +287,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
                 run_one "$p" spillway "$w" "$r"
                 run_one "$p" nbdkit "$w" "$r"
             fi
+            # Right after the pair, under the same lock: the disk at the same moment.
+            [[ $DISK_ALONE == 0 || $p != strict ]] || run_disk "$w" "$r"
             bench_unlock
         done
     done
