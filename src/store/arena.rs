@@ -257,7 +257,8 @@ impl Arena {
         Ok(LentSlot { arena: Arc::clone(self), id })
     }
 
-    /// Bytes in slabs created so far.
+    /// Bytes in slabs created so far (mapped; a page becomes resident when a slot on it is
+    /// first written).
     pub fn resident_bytes(&self) -> usize {
         *self.created.lock() * SLAB_BYTES
     }
